@@ -1,0 +1,37 @@
+"""Test-wide setup: 8 fake CPU devices, float32, a persistent compile cache, absl flags parsed."""
+
+import os
+
+# Must happen before jax is imported anywhere: multi-device tests run on fake CPU devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+_CACHE = os.environ.get(
+    "MATPAC_TEST_COMPILE_CACHE",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax_test"),
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# grain's multiprocess prefetch reads absl flags; outside absl.app.run they must be marked parsed.
+flags.FLAGS.mark_as_parsed()
+
+
+def write_mel_dataset(out_dir, mels, records_per_shard=4):
+    """Writes log-mels straight into a shard directory (index included), skipping the audio."""
+    from matpac_jax import audio, preprocess  # pylint: disable=g-import-not-at-top
+
+    os.makedirs(os.path.join(out_dir, preprocess.SHARD_DIR), exist_ok=True)
+    n = -(-len(mels) // records_per_shard)
+    names = [preprocess._shard_name(i, n) for i in range(n)]  # pylint: disable=protected-access
+    for i, name in enumerate(names):
+        chunk = mels[i * records_per_shard:(i + 1) * records_per_shard]
+        results = [{"path": f"rec{i * records_per_shard + j}.wav", "status": "ok", "reason": None,
+                    "frames": m.shape[1], "mel": m, "sum": 0.0, "sum_sq": 0.0}
+                   for j, m in enumerate(chunk)]
+        preprocess.write_shard(out_dir, name, results)
+    plan = {"front_end": audio.FrontEnd().to_dict(), "min_frames": 0}
+    return preprocess._finalize(out_dir, names, plan)  # pylint: disable=protected-access
