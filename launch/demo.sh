@@ -7,7 +7,7 @@ DEMO="${MATPAC_DEMO_DIR:-$ROOT/runs/demo}"
 mkdir -p "$DEMO"
 step() { echo; echo "=== $* ==="; echo "\$ $*"; "$@"; }
 
-step python -m matpac_jax.data.demo_corpus --out "$DEMO/audio"
+step python -m matpac_jax.data.demo_corpus --out "$DEMO/audio" --num_workers 2
 step python -m matpac_jax.preprocess --input_dir "$DEMO/audio/pretrain" \
   --output_dir "$DEMO/mels" --num_workers 2
 step python -m matpac_jax.tools.bench_input --data "$DEMO/mels" --batch_size 64 --seconds 3 \

@@ -1,0 +1,301 @@
+"""Checkpoints: the train state and the input-pipeline position, saved together with Orbax.
+
+  WORKDIR/.lock                      one trainer per workdir (`WorkdirLock`)
+  WORKDIR/checkpoints/<step>/state/  the train state pytree (`ocp.args.StandardSave`)
+  WORKDIR/checkpoints/<step>/data/   the input iterator's state (`grain.checkpoint.CheckpointSave`)
+  WORKDIR/damaged_checkpoints/       steps that failed to restore, set aside for inspection
+  WORKDIR/export/                    student encoder params + config.json (`export_encoder`)
+
+A step is FINISHED when Orbax lists it. On local and other POSIX file systems Orbax writes a
+step into `<step>.orbax-checkpoint-tmp/` (older versions add `-<timestamp>`) and commits it by
+renaming that to `<step>/`; 0.12.8 writes `commit_success.txt` just before the rename but judges
+by the name alone, so steps from older Orbax still count. On GCS, which has no atomic rename,
+a step is finished when `<step>/commit_success.txt` exists. Anything named
+`*.orbax-checkpoint-tmp*` is an interrupted save: `Checkpointer` deletes it at start-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from etils import epath
+import grain
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class WorkdirLock:
+    """Context manager: an exclusive, non-blocking `flock` on WORKDIR/.lock.
+
+    The kernel drops the lock when the holder exits or dies, so a crashed run never leaves a
+    stale lock. Take it on process 0 only in multi-host runs; `flock` needs a local or NFS
+    workdir (not gs://).
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = os.fspath(workdir)
+        self.path = os.path.join(self.workdir, ".lock")
+        self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        os.makedirs(self.workdir, exist_ok=True)
+        f = open(self.path, "a+")  # "a+" keeps the holder's line readable until we own the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not written its id yet"
+            f.close()
+            raise RuntimeError(
+                f"workdir {self.workdir} is in use by another trainer ({holder}): stop that "
+                f"run or choose another workdir.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+
+
+class _SavedDataState:
+    """Stands in for the input iterator during a restore: holds the saved bytes, unapplied."""
+
+    raw: bytes | None = None
+
+    def set_state(self, raw: bytes) -> None:
+        json.loads(raw)  # unreadable JSON is damage, found here inside the fallback loop
+        self.raw = raw
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def _restore_target(abstract_state: Any) -> Any:
+    """Concrete arrays -> ShapeDtypeStructs; every leaf must carry the sharding to restore to."""
+
+    def leaf(path, x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            raise ValueError(
+                f"abstract_state{jax.tree_util.keystr(path)} has no sharding: build the target "
+                f"with jax.eval_shape and attach shardings (ShapeDtypeStruct(..., sharding=...)).")
+        return x
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract_state)
+
+
+class Checkpointer:
+    """Saves and restores {train state, input iterator} pairs under WORKDIR/checkpoints.
+
+    Args:
+      workdir: the run's directory; hold a `WorkdirLock` on it first.
+      save_interval_steps: `save` writes only at multiples of this, unless forced.
+      max_to_keep: finished steps kept; older ones are deleted.
+      async_save: write arrays in a background thread. `save` still returns only after the
+        arrays are copied off the device and the iterator state is captured, so the caller may
+        donate the state and read on at once; call `wait` before depending on the files.
+    """
+
+    def __init__(self, workdir: str, *, save_interval_steps: int, max_to_keep: int,
+                 async_save: bool = True):
+        self.workdir = epath.Path(workdir)
+        self.directory = self.workdir / "checkpoints"
+        if jax.process_index() == 0:
+            _remove_unfinished(self.directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "data"),
+            options=ocp.CheckpointManagerOptions(
+                save_interval_steps=save_interval_steps, max_to_keep=max_to_keep, create=True,
+                enable_async_checkpointing=async_save))
+
+    def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
+        """Saves at `step` if the interval says so (or `force`); returns whether it did."""
+        if force and step in self._manager.all_steps():
+            return False  # already saved at this step: nothing newer to write
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=grain.checkpoint.CheckpointSave(data_iter))
+        return self._manager.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        """Blocks until a background save is finished on disk; raises if it failed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for a pending save, then stops Orbax's threads."""
+        self._manager.close()
+
+    def latest_step(self) -> int | None:
+        """The newest finished step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Finished steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[Any, int] | None:
+        """Restores the newest finished step that reads back whole, falling back past damage.
+
+        Args:
+          abstract_state: the state's structure: `jax.ShapeDtypeStruct`s with shardings (e.g.
+            `jax.eval_shape` + the trainer's shardings) or concrete arrays; the restored arrays
+            get these shardings.
+          data_iter: an `InputIterator`; its position is set to the restored step's.
+
+        Returns:
+          (state, step), or None when there is no finished checkpoint at all.
+
+        Raises:
+          RuntimeError: checkpoints exist but none can be restored.
+          ValueError: from `data_iter.set_state`, e.g. a different data worker count.
+        """
+        self._manager.reload()
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        target = _restore_target(abstract_state)
+        failures = []
+        for i, step in enumerate(steps):
+            saved_data = _SavedDataState()
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target),
+                    data=grain.checkpoint.CheckpointRestore(saved_data)))
+            except Exception as e:  # pylint: disable=broad-except
+                reason = f"{type(e).__name__}: {e}"
+                then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
+                logger.warning("checkpoint step %d in %s cannot be restored (%s); %s",
+                               step, self.directory, reason, then)
+                failures.append((step, reason))
+                continue
+            # Applied outside the fallback: a state the iterator refuses (another worker count)
+            # is a configuration to fix, not damage to skip.
+            data_iter.set_state(saved_data.raw)
+            data_iter.start_prefetch()
+            self._set_aside([s for s, _ in failures])
+            logger.info("restored checkpoint step %d from %s", step, self.directory)
+            return restored["state"], step
+        # First line, shortened: tensorstore puts its whole spec on it; the warnings have it all.
+        summary = "; ".join(f"step {s}: {r.splitlines()[0][:200]}" for s, r in failures)
+        raise RuntimeError(
+            f"none of the {len(steps)} checkpoints in {self.directory} can be restored "
+            f"({summary}). Refusing to restart from step 0 over them: fix the cause (a changed "
+            f"model config gives shape mismatches) or move the directory away to start afresh.")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged steps newer than the restored one out of Orbax's sight.
+
+        Left in place they would stay the "latest" step, and Orbax refuses to save any step
+        at or below the latest, so the resumed run could never checkpoint again.
+        """
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            damaged = self.workdir / "damaged_checkpoints"
+            damaged.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                dest = damaged / f"{step}-{time.time_ns()}"
+                (self.directory / str(step)).rename(dest)
+                logger.warning("moved damaged checkpoint step %d to %s", step, dest)
+        _barrier("matpac_checkpointing_set_aside")
+        self._manager.reload()
+
+
+def _barrier(name: str) -> None:
+    """All processes wait here (jax's barrier, unlike Orbax's, allows a name to recur)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _remove_unfinished(directory: epath.Path) -> None:
+    """Deletes interrupted saves (`*.orbax-checkpoint-tmp*`): they are never to be restored."""
+    if not directory.exists():
+        return
+    for path in sorted(directory.iterdir()):
+        if _TMP_SUFFIX in path.name:
+            logger.warning("removing unfinished checkpoint %s (a save that never committed)", path)
+            if path.is_dir():
+                path.rmtree()
+            else:
+                path.unlink()
+
+
+def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
+    """Writes WORKDIR/export/{params/, config.json}, replacing an earlier export whole.
+
+    Args:
+      workdir: the run's directory.
+      params_encoder: the student encoder's parameter pytree.
+      config: front-end and model config, JSON-serialisable.
+
+    Returns:
+      The export directory.
+    """
+    try:
+        config_text = json.dumps(config, indent=2, sort_keys=True)
+    except TypeError as e:
+        raise TypeError(f"export config must be JSON-serialisable (plain dicts, lists, "
+                        f"numbers, strings): {e}") from None
+    workdir = epath.Path(workdir)
+    final, tmp, old = (workdir / n for n in ("export", ".export.tmp", ".export.old"))
+    # Fixed temp names: every process of a multi-host run must name the same directory.
+    if jax.process_index() == 0:
+        for stale in (tmp, old):
+            if stale.exists():
+                stale.rmtree()
+        tmp.mkdir(parents=True)
+    _barrier("matpac_export_start")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp / "params", params_encoder)
+    if jax.process_index() == 0:
+        (tmp / "config.json").write_text(config_text)
+        # Directories cannot be renamed over one another: the old export is moved aside first,
+        # so a reader may briefly find no export, but never a partial one.
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            old.rmtree()
+    _barrier("matpac_export_done")
+    logger.info("exported the encoder to %s", final)
+    return os.fspath(final)
+
+
+def load_export(path: str, sharding: jax.sharding.Sharding | None = None) -> tuple[Any, dict]:
+    """Reads an `export_encoder` directory.
+
+    Args:
+      path: the export directory.
+      sharding: where every array goes; the first local device by default.
+
+    Returns:
+      (params, config).
+    """
+    path = epath.Path(path)
+    if not (path / "config.json").exists() or not (path / "params").exists():
+        raise FileNotFoundError(f"{path} is not an encoder export (expected params/ and "
+                                f"config.json, as written by export_encoder)")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.metadata(path / "params").item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          tree)
+    params = ckptr.restore(path / "params", target)
+    ckptr.close()
+    return params, json.loads((path / "config.json").read_text())

@@ -1,0 +1,119 @@
+"""Shared pieces of the config files: argument parsing and the pretraining config builder.
+
+Config files stay documentation (their docstring holds the command); the numbers common to
+MATPAC and MATPAC++ (DESIGN.md section 5) are written once, here.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+# The papers' pretraining data (AudioSet clips >= 6 s); used only to state the paper schedule.
+PAPER_NUM_CLIPS = 2_012_615
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `variant=B,runlocal` into a ConfigDict, typed by `defaults`.
+
+    A bare name sets a boolean to True; unknown keys are an error naming the known ones.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        kind = type(defaults[key])
+        if kind is bool:
+            out[key] = value.lower() not in ("0", "false", "no") if value else True
+        else:
+            out[key] = kind(value) if value else value
+    return ml_collections.ConfigDict(out)
+
+
+def pretraining_config(*, variant: str, runlocal: bool, num_mcl_heads: int,
+                       mcl: bool) -> ml_collections.ConfigDict:
+    """The pretraining config of DESIGN.md (batch 2048, 300 epochs), or its `runlocal` shrink.
+
+    Args:
+      variant: model size for `matpac_jax.models.decode_variant` ("Ti", "S", "B"; "mu" tiny).
+      runlocal: a few-minute CPU run on the demo corpus with a tiny model.
+      num_mcl_heads: K prediction heads (5 for MATPAC++, 1 for MATPAC).
+      mcl: annealed winner-takes-all over the K heads (False: plain loss).
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = config_dict.placeholder(str)  # None: the demo corpus, made on first use
+    c.data.demo_cache = "~/.cache/matpac_jax/demo"
+    c.data.crop_frames = 608
+    c.data.num_mels = 80
+    c.data.mean = -7.056  # AudioSet log-mel statistics (the papers' normalisation)
+    c.data.std = 4.193
+    c.data.num_workers = 4
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = variant
+    c.model.num_mcl_heads = num_mcl_heads
+    c.model.mask_ratio = 0.7
+    c.model.cls_hidden = 2048
+    c.model.cls_bottleneck = 256
+    c.model.cls_classes = 2048
+    c.model.teacher_init = "independent"  # quirk of the reference; "copy" is the textbook form
+    c.model.freeze_wn_gain = False  # quirk: the reference trains the weight-norm gain
+    c.model.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.alpha = 0.5  # weight of the prediction loss; 1 - alpha on classification
+    c.loss.mcl = mcl
+    c.loss.mcl_t0 = 0.1
+    c.loss.mcl_decay = 0.99997
+    c.loss.mcl_threshold = 1e-4
+    # With a run length other than the paper's, rescale the decay so that the switch to hard
+    # winner-takes-all lands at the same fraction of training (78.1%).
+    c.loss.mcl_decay_from_run_length = False
+    c.loss.mcl_switch_fraction = 0.781
+    c.loss.student_temp = 0.1
+    c.loss.teacher_temp = (0.04, 0.07)
+    c.loss.teacher_temp_warmup_epochs = 10.0
+    c.loss.center_momentum = 0.9
+    c.loss.center_on = "probs"  # quirk: the reference centres probabilities; "logits" = DINO
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.peak_lr = 3e-4  # for the global batch below
+    c.optim.warmup_epochs = 20.0
+    c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.95, 1e-6
+    c.optim.weight_decay = 0.05
+    c.optim.decay_all = True  # quirk: decay every parameter; False exempts biases, norms, tokens
+    c.optim.grad_clip = 3.0
+
+    c.ema = ml_collections.ConfigDict()
+    c.ema.encoder = (0.99995, 0.99999)
+    c.ema.cls_head = (0.998, 1.0)
+
+    c.batch_size = 2048  # global
+    c.total_epochs = 300.0
+    c.total_steps = config_dict.placeholder(int)  # set: overrides total_epochs
+
+    c.log_every = 50
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.max_consecutive_skips = 20  # non-finite steps in a row before the run stops
+
+    if runlocal:
+        c.model.variant = "mu" if variant == "B" else variant
+        c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 64
+        c.data.num_workers = 0
+        c.batch_size = 16
+        c.total_steps = 300
+        c.optim.peak_lr = 1e-3
+        c.optim.warmup_epochs = 1.0
+        c.loss.teacher_temp_warmup_epochs = 1.0
+        c.loss.mcl_decay_from_run_length = True
+        c.ema.encoder = (0.99, 0.999)  # a short run needs a teacher that moves
+        c.ema.cls_head = (0.99, 1.0)
+        c.log_every = 10
+        c.checkpoint_every = 100
+    return c

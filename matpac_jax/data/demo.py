@@ -1,0 +1,23 @@
+"""The demo corpus as ready-to-train shards: generated and preprocessed once into a cache.
+
+Both steps are idempotent (the generator skips a complete corpus, preprocessing resumes), so
+every main job can call this on start-up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from matpac_jax import preprocess, shards
+from matpac_jax.data import demo_corpus
+
+
+def pretraining_shards(cache_dir: str, num_workers: int = 2) -> str:
+    """Returns the shard directory of the demo corpus's pretraining clips under `cache_dir`."""
+    audio_dir = os.path.join(cache_dir, "audio")
+    mels_dir = os.path.join(cache_dir, "mels")
+    demo_corpus.generate(audio_dir, num_workers=num_workers)
+    if not os.path.exists(os.path.join(mels_dir, shards.INDEX_NAME)):
+        preprocess.preprocess(os.path.join(audio_dir, "pretrain"), mels_dir,
+                              num_workers=num_workers)
+    return mels_dir

@@ -1,0 +1,60 @@
+"""Metrics to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and TensorBoard.
+
+(`clu.metric_writers` would need TensorFlow; tensorboardX writes the same event files.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+class MetricWriter:
+    """Appends scalars; only the writing process (process 0) touches the files.
+
+    On a resume from step `s`, lines logged after `s` by the interrupted run are dropped first,
+    so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._truncate_after(resume_step)
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [l for l in f if l.strip()]
+        keep = [l for l in lines if json.loads(l)["step"] <= step]
+        if len(keep) != len(lines):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+
+    def write(self, step: int, scalars: dict) -> None:
+        """Logs a dict of scalars (numbers or 0-d arrays) for `step`."""
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step":
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,146 @@
+"""The trainer end to end (matpac_jax/train.py), as a user runs it: the CLI in subprocesses.
+
+A tiny model on synthetic shards (80 mel bins, 64-frame crops). The key property: a run that is
+stopped by SIGTERM and restarted logs exactly the losses of a run that was never stopped.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_mel_dataset
+from matpac_jax import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = 120
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mels")
+    rng = np.random.default_rng(0)
+    t = np.arange(100)
+    mels = []
+    for _ in range(40):  # some structure: drifting ridges over noise
+        f0, slope = rng.uniform(5, 70), rng.uniform(-0.3, 0.3)
+        ridge = np.exp(-0.5 * ((np.arange(80)[:, None] - f0 - slope * t) / 3) ** 2)
+        mels.append((4 * ridge + rng.normal(size=(80, 100)) - 7).astype(np.float16))
+    write_mel_dataset(str(d), mels, records_per_shard=16)
+    return str(d)
+
+
+def _cmd(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "matpac_jax.train", "--config=configs/matpac_pp.py:runlocal",
+            f"--workdir={workdir}", f"--config.data.dir={data_dir}",
+            "--config.data.crop_frames=64", "--config.batch_size=8",
+            f"--config.total_steps={TOTAL}", "--config.log_every=5",
+            "--config.checkpoint_every=40", *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".cache", "jax_test")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    out = _run(_cmd(workdir, data_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_uninterrupted_run_learns_and_exports(reference):
+    losses = _losses(reference)
+    assert sorted(losses) == list(range(5, TOTAL + 1, 5))
+    first, last = np.mean([losses[s] for s in (5, 10, 15)]), np.mean(
+        [losses[s] for s in (TOTAL - 10, TOTAL - 5, TOTAL)])
+    assert last < first - 0.2, (first, last)
+    params, config = checkpointing.load_export(os.path.join(reference, "export"))
+    assert set(params) == {"patch_embed", "cls_token", "student"}
+    assert config["model"]["max_frames"] == 64 and config["front_end"]["n_mels"] == 80
+    with open(os.path.join(reference, "metrics.jsonl")) as f:
+        row = json.loads(f.readline())
+    for key in ("loss", "loss_pred", "loss_cls", "lr", "mcl/win_rate/0", "cls/perplexity",
+                "grad_norm", "teacher_tau", "mcl_temperature", "ema/encoder", "skipped"):
+        assert key in row
+
+
+def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(_cmd(workdir, data_dir), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped_at = max(_losses(workdir))
+    assert stopped_at < TOTAL, "the run finished before the signal: nothing was tested"
+    assert "saving step" in err
+    out = _run(_cmd(workdir, data_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in out.stderr
+    resumed, ref = _losses(workdir), _losses(reference)
+    assert all(resumed[s] == ref[s] for s in ref), {s: (resumed.get(s), ref[s]) for s in ref}
+
+
+def test_damaged_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(os.path.join(workdir, "export"))
+    state_dir = os.path.join(workdir, "checkpoints", str(TOTAL), "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            if name not in ("_METADATA", "_CHECKPOINT_METADATA"):
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.write(b"\x00garbage" * 64)
+    out = _run(_cmd(workdir, data_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from step {TOTAL - 40}" in out.stderr
+    assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints"))
+    resumed, ref = _losses(workdir), _losses(reference)
+    assert all(resumed[s] == ref[s] for s in ref)
+    assert os.path.isdir(os.path.join(workdir, "export"))
+
+
+def test_second_trainer_on_same_workdir_refuses(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    with checkpointing.WorkdirLock(workdir):
+        out = _run(_cmd(workdir, data_dir))
+    assert out.returncode != 0
+    assert "in use by another trainer" in out.stderr
+
+
+def test_non_finite_run_stops_keeping_last_good_checkpoint(tmp_path):
+    data = tmp_path / "nan_mels"
+    write_mel_dataset(str(data), [np.full((80, 100), np.nan, np.float16)] * 8)
+    workdir = str(tmp_path / "run")
+    out = _run(_cmd(workdir, str(data), "--config.log_every=1",
+                    "--config.max_consecutive_skips=3"))
+    assert out.returncode != 0
+    assert "non-finite steps in a row" in out.stderr
+    assert not os.path.exists(os.path.join(workdir, "export"))
