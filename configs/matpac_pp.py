@@ -18,5 +18,6 @@ from matpac_jax import config_lib
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, variant="B", runlocal=False)
-    return config_lib.pretraining_config(variant=arg.variant, runlocal=arg.runlocal,
-                                         num_mcl_heads=5, mcl=True)
+    return config_lib.pretraining_config(
+        variant=arg.variant, runlocal=arg.runlocal, num_mcl_heads=5, mcl=True
+    )

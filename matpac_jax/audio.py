@@ -74,7 +74,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> np.ndarray
     # libsndfile sizes a truncated file by its bytes, so ask the header what was promised.
     declared = max(declared, header_frames(path) or 0)
     if data.shape[0] < declared:
-        raise AudioError("truncated", f"read {data.shape[0]} of {declared} frames the header declares")
+        raise AudioError(
+            "truncated", f"read {data.shape[0]} of {declared} frames the header declares"
+        )
     if not np.isfinite(data).all():
         raise AudioError("non_finite", f"{int((~np.isfinite(data)).sum())} NaN/Inf samples")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
@@ -97,9 +99,9 @@ def header_frames(path: str | os.PathLike) -> int | None:
         return None
     pos, block_align, data_size = 12, None, None
     while pos + 8 <= len(head):
-        cid, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        cid, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
         if cid == b"fmt " and pos + 22 <= len(head):
-            block_align = struct.unpack("<H", head[pos + 20:pos + 22])[0]
+            block_align = struct.unpack("<H", head[pos + 20 : pos + 22])[0]
         elif cid == b"data":
             data_size = size
             break
@@ -122,8 +124,13 @@ def _projections(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray]:
     phase = 2 * np.pi * np.outer(n, np.arange(bins)) / fe.n_fft  # (n_fft, bins)
     dft = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window[:, None]
     mel = librosa.filters.mel(
-            sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.f_min, fmax=fe.f_max,
-            htk=False, norm="slaney",
+        sr=fe.sample_rate,
+        n_fft=fe.n_fft,
+        n_mels=fe.n_mels,
+        fmin=fe.f_min,
+        fmax=fe.f_max,
+        htk=False,
+        norm="slaney",
     )  # (n_mels, bins), slaney scale and area normalisation
     return dft.astype(np.float32), np.ascontiguousarray(mel.T, dtype=np.float32)
 
@@ -139,7 +146,8 @@ def log_mel(wave: np.ndarray, fe: FrontEnd = FrontEnd()) -> np.ndarray:
     dft, mel = _projections(fe)
     stride = wave.strides[0]
     framed = np.lib.stride_tricks.as_strided(
-            wave, (frames, fe.n_fft), (stride * fe.hop_length, stride), writeable=False)
+        wave, (frames, fe.n_fft), (stride * fe.hop_length, stride), writeable=False
+    )
     spec = framed @ dft  # (frames, 2 * bins): real | imaginary
     bins = dft.shape[1] // 2
     power = np.square(spec[:, :bins]) + np.square(spec[:, bins:])

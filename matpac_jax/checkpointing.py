@@ -59,7 +59,8 @@ class WorkdirLock:
             f.close()
             raise RuntimeError(
                 f"workdir {self.workdir} is in use by another trainer ({holder}): stop that "
-                f"run or choose another workdir.") from None
+                f"run or choose another workdir."
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
@@ -95,7 +96,8 @@ def _restore_target(abstract_state: Any) -> Any:
         if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
             raise ValueError(
                 f"abstract_state{jax.tree_util.keystr(path)} has no sharding: build the target "
-                f"with jax.eval_shape and attach shardings (ShapeDtypeStruct(..., sharding=...)).")
+                f"with jax.eval_shape and attach shardings (ShapeDtypeStruct(..., sharding=...))."
+            )
         return x
 
     return jax.tree_util.tree_map_with_path(leaf, abstract_state)
@@ -113,24 +115,31 @@ class Checkpointer:
         donate the state and read on at once; call `wait` before depending on the files.
     """
 
-    def __init__(self, workdir: str, *, save_interval_steps: int, max_to_keep: int,
-                 async_save: bool = True):
+    def __init__(
+        self, workdir: str, *, save_interval_steps: int, max_to_keep: int, async_save: bool = True
+    ):
         self.workdir = epath.Path(workdir)
         self.directory = self.workdir / "checkpoints"
         if jax.process_index() == 0:
             _remove_unfinished(self.directory)
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "data"),
+            self.directory,
+            item_names=("state", "data"),
             options=ocp.CheckpointManagerOptions(
-                save_interval_steps=save_interval_steps, max_to_keep=max_to_keep, create=True,
-                enable_async_checkpointing=async_save))
+                save_interval_steps=save_interval_steps,
+                max_to_keep=max_to_keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+            ),
+        )
 
     def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
         """Saves at `step` if the interval says so (or `force`); returns whether it did."""
         if force and step in self._manager.all_steps():
             return False  # already saved at this step: nothing newer to write
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iter))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+        )
         return self._manager.save(step, args=args, force=force)
 
     def wait(self) -> None:
@@ -174,14 +183,23 @@ class Checkpointer:
         for i, step in enumerate(steps):
             saved_data = _SavedDataState()
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target),
-                    data=grain.checkpoint.CheckpointRestore(saved_data)))
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target),
+                        data=grain.checkpoint.CheckpointRestore(saved_data),
+                    ),
+                )
             except Exception as e:  # pylint: disable=broad-except
                 reason = f"{type(e).__name__}: {e}"
                 then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
-                logger.warning("checkpoint step %d in %s cannot be restored (%s); %s",
-                               step, self.directory, reason, then)
+                logger.warning(
+                    "checkpoint step %d in %s cannot be restored (%s); %s",
+                    step,
+                    self.directory,
+                    reason,
+                    then,
+                )
                 failures.append((step, reason))
                 continue
             # Applied outside the fallback: a state the iterator refuses (another worker count)
@@ -196,7 +214,8 @@ class Checkpointer:
         raise RuntimeError(
             f"none of the {len(steps)} checkpoints in {self.directory} can be restored "
             f"({summary}). Refusing to restart from step 0 over them: fix the cause (a changed "
-            f"model config gives shape mismatches) or move the directory away to start afresh.")
+            f"model config gives shape mismatches) or move the directory away to start afresh."
+        )
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged steps newer than the restored one out of Orbax's sight.
@@ -250,8 +269,9 @@ def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
     try:
         config_text = json.dumps(config, indent=2, sort_keys=True)
     except TypeError as e:
-        raise TypeError(f"export config must be JSON-serialisable (plain dicts, lists, "
-                        f"numbers, strings): {e}") from None
+        raise TypeError(
+            f"export config must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}"
+        ) from None
     workdir = epath.Path(workdir)
     final, tmp, old = (workdir / n for n in ("export", ".export.tmp", ".export.old"))
     # Fixed temp names: every process of a multi-host run must name the same directory.
@@ -289,13 +309,14 @@ def load_export(path: str, sharding: jax.sharding.Sharding | None = None) -> tup
     """
     path = epath.Path(path)
     if not (path / "config.json").exists() or not (path / "params").exists():
-        raise FileNotFoundError(f"{path} is not an encoder export (expected params/ and "
-                                f"config.json, as written by export_encoder)")
+        raise FileNotFoundError(
+            f"{path} is not an encoder export (expected params/ and "
+            f"config.json, as written by export_encoder)"
+        )
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     tree = ckptr.metadata(path / "params").item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                          tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
     params = ckptr.restore(path / "params", target)
     ckptr.close()
     return params, json.loads((path / "config.json").read_text())

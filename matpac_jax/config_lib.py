@@ -32,8 +32,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
-def pretraining_config(*, variant: str, runlocal: bool, num_mcl_heads: int,
-                       mcl: bool) -> ml_collections.ConfigDict:
+def pretraining_config(
+    *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool
+) -> ml_collections.ConfigDict:
     """The pretraining config of DESIGN.md (batch 2048, 300 epochs), or its `runlocal` shrink.
 
     Args:

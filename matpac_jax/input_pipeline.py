@@ -32,10 +32,12 @@ class RandomCrop(grain.transforms.RandomMap):
     def random_map(self, mel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         total = mel.shape[1]
         if total < self.frames:
-            raise ValueError(f"a record of {total} frames cannot give a {self.frames}-frame crop: "
-                             f"preprocess with --min_frames {self.frames}")
+            raise ValueError(
+                f"a record of {total} frames cannot give a {self.frames}-frame crop: "
+                f"preprocess with --min_frames {self.frames}"
+            )
         start = int(rng.integers(0, total - self.frames + 1))
-        return mel[:, start:start + self.frames]
+        return mel[:, start : start + self.frames]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +66,18 @@ class Normalize(grain.transforms.Map):
         return np.take(self._table, np.ascontiguousarray(batch, np.float16).view(np.uint16))
 
 
-def pretraining_dataset(data_dir: str, *, batch_size: int, crop_frames: int = 608,
-                        seed: int = 0, mean: float = -7.056, std: float = 4.193,
-                        process_index: int = 0, process_count: int = 1,
-                        num_epochs: int | None = None) -> grain.MapDataset:
+def pretraining_dataset(
+    data_dir: str,
+    *,
+    batch_size: int,
+    crop_frames: int = 608,
+    seed: int = 0,
+    mean: float = -7.056,
+    std: float = 4.193,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
     """The batched crop stream of one process, as a grain `MapDataset`.
 
     Args:
@@ -104,13 +114,17 @@ class InputIterator:
     records that number and `set_state` refuses another with a message saying what to do.
     """
 
-    def __init__(self, dataset: grain.MapDataset, num_workers: int = 0,
-                 prefetch_buffer_size: int = 2):
+    def __init__(
+        self, dataset: grain.MapDataset, num_workers: int = 0, prefetch_buffer_size: int = 2
+    ):
         self.num_workers = num_workers
         ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if num_workers > 0:
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=num_workers, per_worker_buffer_size=prefetch_buffer_size))
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=num_workers, per_worker_buffer_size=prefetch_buffer_size
+                )
+            )
         self._iter = iter(ds)
 
     def __iter__(self):
@@ -121,8 +135,9 @@ class InputIterator:
 
     def get_state(self) -> bytes:
         """JSON bytes: the grain state plus the worker count it belongs to."""
-        return json.dumps({"num_workers": self.num_workers,
-                           "grain": self._iter.get_state()}).encode()
+        return json.dumps(
+            {"num_workers": self.num_workers, "grain": self._iter.get_state()}
+        ).encode()
 
     def set_state(self, state: bytes | str | dict) -> None:
         if isinstance(state, (bytes, str)):
@@ -132,7 +147,8 @@ class InputIterator:
             raise ValueError(
                 f"the saved input-pipeline state comes from a pipeline with {saved} worker "
                 f"processes, this one has {self.num_workers}: grain cannot map one onto the "
-                f"other. Restart with the same number of data workers ({saved}).")
+                f"other. Restart with the same number of data workers ({saved})."
+            )
         self._iter.set_state(state["grain"])
 
     def start_prefetch(self) -> None:

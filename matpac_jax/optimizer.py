@@ -31,6 +31,12 @@ def make_optimizer(optim_config, lr_schedule: Callable) -> optax.GradientTransfo
     c = optim_config
     return optax.chain(
         optax.clip_by_global_norm(c.grad_clip),
-        optax.adamw(lr_schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                    mask=lambda p: decay_mask(p, c.decay_all)),
+        optax.adamw(
+            lr_schedule,
+            b1=c.b1,
+            b2=c.b2,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            mask=lambda p: decay_mask(p, c.decay_all),
+        ),
     )

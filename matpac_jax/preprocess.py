@@ -83,7 +83,8 @@ def process_file(job: Job, relpath: str) -> dict:
         wave = audio.load_audio(os.path.join(job.input_dir, relpath), fe.sample_rate)
         if wave.shape[0] < fe.min_samples:
             raise audio.AudioError(
-                "too_short", f"{wave.shape[0]} samples at {fe.sample_rate} Hz < {fe.min_samples}")
+                "too_short", f"{wave.shape[0]} samples at {fe.sample_rate} Hz < {fe.min_samples}"
+            )
         frames = fe.num_frames(wave.shape[0])
         if frames < job.min_frames:
             raise audio.AudioError("too_short", f"{frames} frames < --min_frames {job.min_frames}")
@@ -98,8 +99,13 @@ def process_file(job: Job, relpath: str) -> dict:
         out["reason"] = f"unreadable: {type(e).__name__}: {e}"
         return out
     values = mel16.astype(np.float64)
-    out.update(status="ok", frames=frames, mel=mel16, sum=float(values.sum()),
-               sum_sq=float(np.square(values).sum()))
+    out.update(
+        status="ok",
+        frames=frames,
+        mel=mel16,
+        sum=float(values.sum()),
+        sum_sq=float(np.square(values).sum()),
+    )
     return out
 
 
@@ -140,8 +146,10 @@ def write_shard(output_dir: str, name: str, results: list[dict]) -> dict:
         "sources": [r["path"] for r in ok],
         "sum": float(sum(r["sum"] for r in ok)),
         "sum_sq": float(sum(r["sum_sq"] for r in ok)),
-        "report": [{"path": r["path"], "status": r["status"], "reason": r["reason"],
-                    "frames": r["frames"]} for r in results],
+        "report": [
+            {"path": r["path"], "status": r["status"], "reason": r["reason"], "frames": r["frames"]}
+            for r in results
+        ],
     }
     shards.write_json_atomic(os.path.join(output_dir, name + ".json"), sidecar)
     return sidecar
@@ -168,7 +176,8 @@ def _check_plan(output_dir: str, plan: dict) -> None:
             changed = sorted(k for k in plan if old.get(k) != plan[k])
             raise ValueError(
                 f"{output_dir} holds a run with other {', '.join(changed)}; resuming would mix "
-                "them. Use a new --output_dir, or --overwrite to start this one afresh.")
+                "them. Use a new --output_dir, or --overwrite to start this one afresh."
+            )
     else:
         shards.write_json_atomic(path, plan)
 
@@ -179,9 +188,17 @@ def _clear(output_dir: str) -> None:
             os.remove(p)
 
 
-def preprocess(input_dir: str, output_dir: str, *, num_workers: int = 0, min_frames: int = 608,
-               records_per_shard: int = 1024, front_end: audio.FrontEnd = audio.FrontEnd(),
-               overwrite: bool = False, progress: bool = True) -> dict:
+def preprocess(
+    input_dir: str,
+    output_dir: str,
+    *,
+    num_workers: int = 0,
+    min_frames: int = 608,
+    records_per_shard: int = 1024,
+    front_end: audio.FrontEnd = audio.FrontEnd(),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Runs (or resumes) preprocessing; returns the index written to `output_dir/index.json`."""
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -199,20 +216,31 @@ def preprocess(input_dir: str, output_dir: str, *, num_workers: int = 0, min_fra
             os.remove(stale)  # left by an interrupted run: never part of the output
         plan = {
             "inputs_sha1": hashlib.sha1("\n".join(inputs).encode()).hexdigest(),
-            "num_inputs": len(inputs), "records_per_shard": records_per_shard,
-            "min_frames": min_frames, "front_end": front_end.to_dict(),
+            "num_inputs": len(inputs),
+            "records_per_shard": records_per_shard,
+            "min_frames": min_frames,
+            "front_end": front_end.to_dict(),
         }
         _check_plan(output_dir, plan)
 
         num_shards = -(-len(inputs) // records_per_shard)
         names = [_shard_name(i, num_shards) for i in range(num_shards)]
-        todo = [i for i, n in enumerate(names)
-                if not os.path.exists(os.path.join(output_dir, n + ".json"))]
-        pending = [inputs[i * records_per_shard:(i + 1) * records_per_shard] for i in todo]
+        todo = [
+            i
+            for i, n in enumerate(names)
+            if not os.path.exists(os.path.join(output_dir, n + ".json"))
+        ]
+        pending = [inputs[i * records_per_shard : (i + 1) * records_per_shard] for i in todo]
         job = Job(os.path.abspath(input_dir), front_end, min_frames)
         work = [(job, p) for files in pending for p in files]
-        bar = tqdm(total=len(inputs), initial=len(inputs) - len(work), unit="file",
-                   desc="preprocess", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(inputs),
+            initial=len(inputs) - len(work),
+            unit="file",
+            desc="preprocess",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             if num_workers > 0:
@@ -239,9 +267,12 @@ def preprocess(input_dir: str, output_dir: str, *, num_workers: int = 0, min_fra
         elapsed = time.perf_counter() - start
         index = _finalize(output_dir, names, plan, input_dir=os.path.abspath(input_dir))
     if work and progress:
-        print(f"preprocessed {len(work)} files ({seconds / 3600:.2f} h of audio) in "
-              f"{elapsed:.1f} s: {len(work) / elapsed:.1f} files/s, "
-              f"{seconds / max(elapsed, 1e-9):.0f}x real time", file=sys.stderr)
+        print(
+            f"preprocessed {len(work)} files ({seconds / 3600:.2f} h of audio) in "
+            f"{elapsed:.1f} s: {len(work) / elapsed:.1f} files/s, "
+            f"{seconds / max(elapsed, 1e-9):.0f}x real time",
+            file=sys.stderr,
+        )
     return index
 
 
@@ -259,37 +290,63 @@ def _finalize(output_dir: str, names: list[str], plan: dict, input_dir: str | No
     ok = sum(r["status"] == "ok" for r in report)
     index = {
         "format_version": shards.FORMAT_VERSION,
-        "dtype": "float16", "layout": "(n_mels, frames)",
-        "input_dir": input_dir, "front_end": plan["front_end"], "min_frames": plan["min_frames"],
-        "num_records": ok, "num_inputs": len(report), "num_skipped": len(report) - ok,
+        "dtype": "float16",
+        "layout": "(n_mels, frames)",
+        "input_dir": input_dir,
+        "front_end": plan["front_end"],
+        "min_frames": plan["min_frames"],
+        "num_records": ok,
+        "num_inputs": len(report),
+        "num_skipped": len(report) - ok,
         "total_frames": sum(sum(s["frames"]) for s in sidecars),
-        "mean": mean, "std": std, "shards": sidecars,
+        "mean": mean,
+        "std": std,
+        "shards": sidecars,
     }
-    shards.write_json_atomic(os.path.join(output_dir, shards.REPORT_NAME), {
-        "num_inputs": len(report), "num_ok": ok, "num_skipped": len(report) - ok, "files": report})
+    shards.write_json_atomic(
+        os.path.join(output_dir, shards.REPORT_NAME),
+        {"num_inputs": len(report), "num_ok": ok, "num_skipped": len(report) - ok, "files": report},
+    )
     shards.write_json_atomic(os.path.join(output_dir, shards.INDEX_NAME), index)
     return index
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.preprocess", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m matpac_jax.preprocess",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--input_dir", required=True, help="folder of audio files (recursive)")
     p.add_argument("--output_dir", required=True, help="where shards, index and report go")
-    p.add_argument("--num_workers", type=int, default=min(os.cpu_count() or 1, 8),
-                   help="decoding processes (0 = in this process)")
-    p.add_argument("--min_frames", type=int, default=608,
-                   help="skip clips with fewer log-mel frames (608 = the pretraining crop)")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="decoding processes (0 = in this process)",
+    )
+    p.add_argument(
+        "--min_frames",
+        type=int,
+        default=608,
+        help="skip clips with fewer log-mel frames (608 = the pretraining crop)",
+    )
     p.add_argument("--records_per_shard", type=int, default=1024)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT")
     args = p.parse_args(argv)
-    index = preprocess(args.input_dir, args.output_dir, num_workers=args.num_workers,
-                       min_frames=args.min_frames, records_per_shard=args.records_per_shard,
-                       overwrite=args.overwrite)
-    print(f"{index['num_inputs']} inputs: {index['num_records']} written, "
-          f"{index['num_skipped']} skipped -> {args.output_dir}/index.json, "
-          f"{args.output_dir}/report.json (corpus mean {index['mean']:.3f}, std {index['std']:.3f})")
+    index = preprocess(
+        args.input_dir,
+        args.output_dir,
+        num_workers=args.num_workers,
+        min_frames=args.min_frames,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{index['num_inputs']} inputs: {index['num_records']} written, "
+        f"{index['num_skipped']} skipped -> {args.output_dir}/index.json, "
+        f"{args.output_dir}/report.json (corpus mean {index['mean']:.3f}, std {index['std']:.3f})"
+    )
     return 0
 
 

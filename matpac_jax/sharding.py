@@ -29,8 +29,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices=None) -> Mesh:
             raise ValueError(f"{len(devices)} devices do not divide into a mesh of {shape}")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh {tuple(shape)} needs {math.prod(shape)} devices, "
-                         f"{len(devices)} are available")
+        raise ValueError(
+            f"mesh {tuple(shape)} needs {math.prod(shape)} devices, {len(devices)} are available"
+        )
     return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 

@@ -65,12 +65,15 @@ def load_index(data_dir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {data_dir!r} is not a preprocessed shard directory. Make one with "
-            f"`python -m matpac_jax.preprocess --input_dir AUDIO --output_dir {data_dir}`.")
+            f"`python -m matpac_jax.preprocess --input_dir AUDIO --output_dir {data_dir}`."
+        )
     with open(path) as f:
         index = json.load(f)
     if index.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {index.get('format_version')}, this code "
-                         f"reads {FORMAT_VERSION}: preprocess the audio again.")
+        raise ValueError(
+            f"{path} has format_version {index.get('format_version')}, this code "
+            f"reads {FORMAT_VERSION}: preprocess the audio again."
+        )
     return index
 
 
@@ -115,8 +118,10 @@ class MelSource:
         counts = [s["num_records"] for s in self._index["shards"] if s["num_records"] > 0]
         self._starts = np.cumsum([0] + counts[:-1])
         if len(self._source) != sum(counts):
-            raise ShardError(f"the shards of {data_dir} hold {len(self._source)} records, "
-                             f"the index says {sum(counts)}: preprocess again.")
+            raise ShardError(
+                f"the shards of {data_dir} hold {len(self._source)} records, "
+                f"the index says {sum(counts)}: preprocess again."
+            )
 
     def __len__(self) -> int:
         return len(self._source)

@@ -55,34 +55,58 @@ def run_schedules(config, num_records: int) -> tuple[schedules.Schedules, dict]:
     steps_per_epoch = num_records / config.batch_size
     total = config.total_steps or int(config.total_epochs * steps_per_epoch)
     if total < 1:
-        raise ValueError(f"{num_records} records at batch {config.batch_size} give no step: "
-                         "set --config.total_steps")
+        raise ValueError(
+            f"{num_records} records at batch {config.batch_size} give no step: "
+            "set --config.total_steps"
+        )
     warmup = min(int(config.optim.warmup_epochs * steps_per_epoch), total)
     tau_warmup = min(int(config.loss.teacher_temp_warmup_epochs * steps_per_epoch), total)
     decay = config.loss.mcl_decay
     if config.loss.mcl_decay_from_run_length:
-        decay = schedules.mcl_decay_for_run(total, config.loss.mcl_switch_fraction,
-                                            config.loss.mcl_t0, config.loss.mcl_threshold)
+        decay = schedules.mcl_decay_for_run(
+            total, config.loss.mcl_switch_fraction, config.loss.mcl_t0, config.loss.mcl_threshold
+        )
     sched = schedules.Schedules(
-        total_steps=total, lr_warmup_steps=warmup, tau_warmup_steps=tau_warmup,
-        peak_lr=config.optim.peak_lr, encoder_ema=tuple(config.ema.encoder),
-        cls_head_ema=tuple(config.ema.cls_head), teacher_tau=tuple(config.loss.teacher_temp),
-        mcl_t0=config.loss.mcl_t0, mcl_decay=decay, mcl_threshold=config.loss.mcl_threshold)
-    info = {"steps_per_epoch": steps_per_epoch, "total_steps": total, "lr_warmup_steps": warmup,
-            "tau_warmup_steps": tau_warmup, "mcl_decay": decay,
-            "hard_wta_step": schedules.hard_wta_step(config.loss.mcl_t0, decay,
-                                                     config.loss.mcl_threshold)}
+        total_steps=total,
+        lr_warmup_steps=warmup,
+        tau_warmup_steps=tau_warmup,
+        peak_lr=config.optim.peak_lr,
+        encoder_ema=tuple(config.ema.encoder),
+        cls_head_ema=tuple(config.ema.cls_head),
+        teacher_tau=tuple(config.loss.teacher_temp),
+        mcl_t0=config.loss.mcl_t0,
+        mcl_decay=decay,
+        mcl_threshold=config.loss.mcl_threshold,
+    )
+    info = {
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "lr_warmup_steps": warmup,
+        "tau_warmup_steps": tau_warmup,
+        "mcl_decay": decay,
+        "hard_wta_step": schedules.hard_wta_step(
+            config.loss.mcl_t0, decay, config.loss.mcl_threshold
+        ),
+    }
     return sched, info
 
 
 def model_config(config, data_index: dict) -> models.ModelConfig:
     m = config.model
-    return models.model_config({
-        "variant": m.variant, "num_mcl_heads": m.num_mcl_heads, "cls_hidden": m.cls_hidden,
-        "cls_bottleneck": m.cls_bottleneck, "cls_out": m.cls_classes,
-        "teacher_init": m.teacher_init, "freeze_wn_gain": m.freeze_wn_gain,
-        "n_mels": data_index["front_end"]["n_mels"], "max_frames": config.data.crop_frames,
-        "dtype": compute_dtype(m.compute_dtype)})
+    return models.model_config(
+        {
+            "variant": m.variant,
+            "num_mcl_heads": m.num_mcl_heads,
+            "cls_hidden": m.cls_hidden,
+            "cls_bottleneck": m.cls_bottleneck,
+            "cls_out": m.cls_classes,
+            "teacher_init": m.teacher_init,
+            "freeze_wn_gain": m.freeze_wn_gain,
+            "n_mels": data_index["front_end"]["n_mels"],
+            "max_frames": config.data.crop_frames,
+            "dtype": compute_dtype(m.compute_dtype),
+        }
+    )
 
 
 def encoder_params(params: dict) -> dict:
@@ -109,23 +133,31 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     data_dir = resolve_data_dir(config)
     index = shards.load_index(data_dir)
     if config.batch_size % num_processes:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{num_processes} processes")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {num_processes} processes"
+        )
     dataset = input_pipeline.pretraining_dataset(
-        data_dir, batch_size=config.batch_size // num_processes,
-        crop_frames=config.data.crop_frames, seed=config.seed, mean=config.data.mean,
-        std=config.data.std, process_index=process, process_count=num_processes)
+        data_dir,
+        batch_size=config.batch_size // num_processes,
+        crop_frames=config.data.crop_frames,
+        seed=config.seed,
+        mean=config.data.mean,
+        std=config.data.std,
+        process_index=process,
+        process_count=num_processes,
+    )
     data_iter = input_pipeline.InputIterator(dataset, config.data.num_workers)
     sched, sched_info = run_schedules(config, index["num_records"])
     total_steps = sched_info["total_steps"]
-    logging.info("data: %s (%d records); schedule: %s", data_dir, index["num_records"],
-                 sched_info)
+    logging.info("data: %s (%d records); schedule: %s", data_dir, index["num_records"], sched_info)
 
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(tuple(config.get("mesh", (-1, 1))))
     if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
-                         "devices of the mesh")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
+            "devices of the mesh"
+        )
 
     # ---------------------------------------------------------------- model and state
     model_cfg = model_config(config, index)
@@ -133,23 +165,27 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     init = lambda key: ts.init_state(key, model_cfg, tx)  # noqa: E731
     abstract = jax.eval_shape(init, jax.random.key(0))
     state_sharding = sharding.state_shardings(abstract, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, state_sharding)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+    )
 
     # ---------------------------------------------------------------- step
     step_fn = jax.jit(
-        ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx,
-                           config.seed),
+        ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, config.seed),
         in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, None), donate_argnums=0)
+        out_shardings=(state_sharding, None),
+        donate_argnums=0,
+    )
 
     # ---------------------------------------------------------------- checkpoints
-    ckpt = checkpointing.Checkpointer(workdir, save_interval_steps=config.checkpoint_every,
-                                      max_to_keep=config.keep_checkpoints)
+    ckpt = checkpointing.Checkpointer(
+        workdir, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
+    )
     restored = ckpt.restore_latest(abstract, data_iter)
     if restored is None:
         state = jax.jit(init, out_shardings=state_sharding)(
-            jax.random.fold_in(jax.random.key(config.seed), 1))
+            jax.random.fold_in(jax.random.key(config.seed), 1)
+        )
         start = 0
         logging.info("starting from scratch")
     else:
@@ -164,8 +200,14 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-    bar = tqdm(total=total_steps, initial=start, unit="step", disable=process != 0,
-               dynamic_ncols=True, desc="train")
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        unit="step",
+        disable=process != 0,
+        dynamic_ncols=True,
+        desc="train",
+    )
     last, tick, tick_step = {}, time.perf_counter(), start
     try:
         for step in range(start, total_steps):
@@ -179,13 +221,17 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
                 last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
                 tick, tick_step = now, done
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{rate * config.batch_size:.0f}",
-                                refresh=False)
+                bar.set_postfix(
+                    loss=f"{last['loss']:.4f}",
+                    ex_s=f"{rate * config.batch_size:.0f}",
+                    refresh=False,
+                )
                 if last["skip_streak"] >= config.max_consecutive_skips:
                     raise NonFiniteError(
                         f"{int(last['skip_streak'])} non-finite steps in a row up to step "
                         f"{done}: stopping; the last finished checkpoint (step "
-                        f"{ckpt.latest_step()}) holds the last good state")
+                        f"{ckpt.latest_step()}) holds the last good state"
+                    )
             bar.update(1)
             ckpt.save(done, state, data_iter, force=done == total_steps)
             if stop["signal"]:
@@ -193,8 +239,9 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
                 ckpt.save(done, state, data_iter, force=True)
                 break
         else:
-            checkpointing.export_encoder(workdir, encoder_params(state["params"]),
-                                         _export_config(model_cfg, index, config))
+            checkpointing.export_encoder(
+                workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
+            )
     finally:
         bar.close()
         ckpt.close()
@@ -205,16 +252,26 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
 
 
 def _export_config(model_cfg, index, config) -> dict:
-    return {"model": dataclasses.asdict(model_cfg), "front_end": index["front_end"],
-            "normalization": {"mean": config.data.mean, "std": config.data.std},
-            "crop_frames": config.data.crop_frames}
+    return {
+        "model": dataclasses.asdict(model_cfg),
+        "front_end": index["front_end"],
+        "normalization": {"mean": config.data.mean, "std": config.data.std},
+        "crop_frames": config.data.crop_frames,
+    }
 
 
 def _write_run_info(workdir, config, model_cfg, index, sched_info) -> None:
-    shards.write_json_atomic(os.path.join(workdir, "run.json"), {
-        "config": json.loads(config.to_json()), "model": dataclasses.asdict(model_cfg),
-        "schedule": sched_info, "data_records": index["num_records"],
-        "devices": [str(d) for d in jax.devices()], "jax": jax.__version__})
+    shards.write_json_atomic(
+        os.path.join(workdir, "run.json"),
+        {
+            "config": json.loads(config.to_json()),
+            "model": dataclasses.asdict(model_cfg),
+            "schedule": sched_info,
+            "data_records": index["num_records"],
+            "devices": [str(d) for d in jax.devices()],
+            "jax": jax.__version__,
+        },
+    )
 
 
 class _QuietLibraries:
@@ -229,9 +286,10 @@ def main(argv):
     del argv
     for handler in (*pylogging.getLogger().handlers, logging.get_absl_handler().python_handler):
         handler.addFilter(_QuietLibraries())
-    jax.config.update("jax_compilation_cache_dir",
-                      os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                                     os.path.expanduser("~/.cache/matpac_jax/jax")))
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/matpac_jax/jax")),
+    )
     last = train(_CONFIG.value, _WORKDIR.value)
     if last:
         print(json.dumps({k: round(v, 6) for k, v in last.items()}))

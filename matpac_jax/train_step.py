@@ -41,14 +41,20 @@ class StepConfig:
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
-        return cls(mask_ratio=config.model.mask_ratio, alpha=config.loss.alpha,
-                   mcl=config.loss.mcl, mcl_threshold=config.loss.mcl_threshold,
-                   student_temp=config.loss.student_temp, center_on=config.loss.center_on,
-                   center_momentum=config.loss.center_momentum)
+        return cls(
+            mask_ratio=config.model.mask_ratio,
+            alpha=config.loss.alpha,
+            mcl=config.loss.mcl,
+            mcl_threshold=config.loss.mcl_threshold,
+            student_temp=config.loss.student_temp,
+            center_on=config.loss.center_on,
+            center_momentum=config.loss.center_momentum,
+        )
 
 
-def init_state(key: jax.Array, model_cfg: models.ModelConfig, tx: optax.GradientTransformation
-               ) -> State:
+def init_state(
+    key: jax.Array, model_cfg: models.ModelConfig, tx: optax.GradientTransformation
+) -> State:
     """A fresh state (call under jit with out_shardings to create it already sharded)."""
     student, teacher = models.build(model_cfg, nnx.Rngs(key))
     params = nnx.to_pure_dict(nnx.state(student))
@@ -72,14 +78,20 @@ def _select(pred: jax.Array, new, old):
     return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def make_train_step(model_cfg: models.ModelConfig, step_cfg: StepConfig,
-                    sched: schedules.Schedules, tx: optax.GradientTransformation,
-                    seed: int) -> Callable[[State, jax.Array], tuple[State, dict]]:
+def make_train_step(
+    model_cfg: models.ModelConfig,
+    step_cfg: StepConfig,
+    sched: schedules.Schedules,
+    tx: optax.GradientTransformation,
+    seed: int,
+) -> Callable[[State, jax.Array], tuple[State, dict]]:
     """Returns `train_step(state, x) -> (state, metrics)`; x (B, F, T) normalised log-mels."""
     graph_s, graph_t = graphdefs(model_cfg)
     if not step_cfg.mcl and model_cfg.num_mcl_heads != 1:
-        raise ValueError(f"the plain (non-MCL) loss needs one prediction head, the model has "
-                         f"num_mcl_heads={model_cfg.num_mcl_heads}")
+        raise ValueError(
+            f"the plain (non-MCL) loss needs one prediction head, the model has "
+            f"num_mcl_heads={model_cfg.num_mcl_heads}"
+        )
 
     def train_step(state: State, x: jax.Array) -> tuple[State, dict]:
         step = state["step"]
@@ -92,49 +104,74 @@ def make_train_step(model_cfg: models.ModelConfig, step_cfg: StepConfig,
 
         def loss_fn(params):
             student = nnx.merge(graph_s, params)
-            z_hat, z_m, _ = models.forward(student, teacher, x, mask.visible_idx,
-                                           mask.masked_idx)  # (B, M, K, D), (B, M, D)
+            z_hat, z_m, _ = models.forward(
+                student, teacher, x, mask.visible_idx, mask.masked_idx
+            )  # (B, M, K, D), (B, M, D)
             d = losses.prediction_distance(z_hat, z_m)  # (B, M, K)
             if step_cfg.mcl:
                 pred_tok, best, weights = losses.mcl_prediction_loss(
-                    d, s["mcl_temperature"], step_cfg.mcl_threshold)
+                    d, s["mcl_temperature"], step_cfg.mcl_threshold
+                )
             else:  # MATPAC: one head, plain loss
-                pred_tok, best, weights = d[..., 0], jnp.zeros(d.shape[:2], jnp.int32), \
-                    jnp.ones_like(d)
+                pred_tok, best, weights = (
+                    d[..., 0],
+                    jnp.zeros(d.shape[:2], jnp.int32),
+                    jnp.ones_like(d),
+                )
             p_student = student.cls_logits(losses.select_hypothesis(z_hat, best))
             cls_tok, q, new_center = losses.cls_loss_and_new_center(
-                p_student, teacher.cls_logits(z_m), state["center"], s["teacher_tau"],
-                center_on=step_cfg.center_on, student_temp=step_cfg.student_temp,
-                center_momentum=step_cfg.center_momentum)
+                p_student,
+                teacher.cls_logits(z_m),
+                state["center"],
+                s["teacher_tau"],
+                center_on=step_cfg.center_on,
+                student_temp=step_cfg.student_temp,
+                center_momentum=step_cfg.center_momentum,
+            )
             total, loss_aux = losses.matpac_loss(pred_tok, cls_tok, step_cfg.alpha)
             monitors = losses.collapse_monitors(best, weights, z_hat, z_m, q)
             return total, (loss_aux, monitors, new_center)
 
         params = state["params"]
-        (loss, (loss_aux, monitors, new_center)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(params)
+        (loss, (loss_aux, monitors, new_center)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params
+        )
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, state["opt"], params)
         new_teacher = {
-            "encoder": ema.ema_update(state["teacher"]["encoder"], params["student"],
-                                      s["ema/encoder"], step),
-            "cls_head": ema.ema_update(state["teacher"]["cls_head"], params["cls_head"],
-                                       s["ema/cls_head"], step),
+            "encoder": ema.ema_update(
+                state["teacher"]["encoder"], params["student"], s["ema/encoder"], step
+            ),
+            "cls_head": ema.ema_update(
+                state["teacher"]["cls_head"], params["cls_head"], s["ema/cls_head"], step
+            ),
         }
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = {
-            **_select(ok, {"params": optax.apply_updates(params, updates), "opt": new_opt,
-                           "teacher": new_teacher, "center": new_center},
-                      {k: state[k] for k in ("params", "opt", "teacher", "center")}),
+            **_select(
+                ok,
+                {
+                    "params": optax.apply_updates(params, updates),
+                    "opt": new_opt,
+                    "teacher": new_teacher,
+                    "center": new_center,
+                },
+                {k: state[k] for k in ("params", "opt", "teacher", "center")},
+            ),
             "step": step + 1,
             "skips": jnp.where(ok, 0, state["skips"] + 1),
         }
         win_rate = monitors.pop("mcl/win_rate")
         head_std = monitors.pop("mcl/head_std")
         metrics = {
-            "loss": loss, "loss_pred": loss_aux["loss/pred"], "loss_cls": loss_aux["loss/cls"],
-            "grad_norm": grad_norm, "skipped": 1 - ok.astype(jnp.int32),
-            "skip_streak": new_state["skips"], **s, **monitors,
+            "loss": loss,
+            "loss_pred": loss_aux["loss/pred"],
+            "loss_cls": loss_aux["loss/cls"],
+            "grad_norm": grad_norm,
+            "skipped": 1 - ok.astype(jnp.int32),
+            "skip_streak": new_state["skips"],
+            **s,
+            **monitors,
             **{f"mcl/win_rate/{k}": win_rate[k] for k in range(win_rate.shape[0])},
             **{f"mcl/head_std/{k}": head_std[k] for k in range(head_std.shape[0])},
         }

@@ -28,10 +28,19 @@ def write_mel_dataset(out_dir, mels, records_per_shard=4):
     n = -(-len(mels) // records_per_shard)
     names = [preprocess._shard_name(i, n) for i in range(n)]  # pylint: disable=protected-access
     for i, name in enumerate(names):
-        chunk = mels[i * records_per_shard:(i + 1) * records_per_shard]
-        results = [{"path": f"rec{i * records_per_shard + j}.wav", "status": "ok", "reason": None,
-                    "frames": m.shape[1], "mel": m, "sum": 0.0, "sum_sq": 0.0}
-                   for j, m in enumerate(chunk)]
+        chunk = mels[i * records_per_shard : (i + 1) * records_per_shard]
+        results = [
+            {
+                "path": f"rec{i * records_per_shard + j}.wav",
+                "status": "ok",
+                "reason": None,
+                "frames": m.shape[1],
+                "mel": m,
+                "sum": 0.0,
+                "sum_sq": 0.0,
+            }
+            for j, m in enumerate(chunk)
+        ]
         preprocess.write_shard(out_dir, name, results)
     plan = {"front_end": audio.FrontEnd().to_dict(), "min_frames": 0}
     return preprocess._finalize(out_dir, names, plan)  # pylint: disable=protected-access

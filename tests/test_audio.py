@@ -20,8 +20,11 @@ def _hz_to_mel_slaney(f):
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     logstep = np.log(6.4) / 27.0
     lin = f / f_sp
-    return np.where(f >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(f, 1e-10) / min_log_hz)
-                    / logstep, lin)
+    return np.where(
+        f >= min_log_hz,
+        min_log_hz / f_sp + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep,
+        lin,
+    )
 
 
 def _mel_to_hz_slaney(m):
@@ -34,8 +37,9 @@ def _mel_to_hz_slaney(m):
 def _slaney_filterbank(sr, n_fft, n_mels, fmin, fmax):
     """Triangular filters equally spaced on the slaney mel scale, area-normalised (n_mels, bins)."""
     fft_freqs = np.arange(n_fft // 2 + 1) * sr / n_fft
-    edges = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax),
-                                          n_mels + 2))
+    edges = _mel_to_hz_slaney(
+        np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2)
+    )
     fb = np.zeros((n_mels, fft_freqs.size))
     for m in range(n_mels):
         lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
@@ -52,7 +56,7 @@ def _reference_log_mel(x, sr=16000, n_fft=400, hop=160, n_mels=80, fmin=50.0, fm
     window = 0.5 * (1 - np.cos(2 * np.pi * n / n_fft))  # periodic Hann
     k = np.arange(n_fft // 2 + 1)
     dft = np.exp(-2j * np.pi * np.outer(n, k) / n_fft)  # (n_fft, bins)
-    frames = np.stack([x[i * hop:i * hop + n_fft] for i in range(n_frames)])
+    frames = np.stack([x[i * hop : i * hop + n_fft] for i in range(n_frames)])
     power = np.abs((frames * window) @ dft) ** 2
     mel = power @ _slaney_filterbank(sr, n_fft, n_mels, fmin, fmax).T
     return np.log(mel + 1.1920929e-07).T  # (n_mels, frames)
@@ -64,8 +68,10 @@ def _random_signal(rng, n):
     x = rng.standard_normal(n) * 10 ** rng.uniform(-3, -0.5)
     x = np.cumsum(x) * rng.uniform(0, 0.05) + x  # some low-frequency tilt
     for _ in range(3):
-        x += rng.uniform(0.01, 0.3) * np.sin(2 * np.pi * rng.uniform(50, 7900) * t + rng.uniform(0, 6))
-    x[n // 3: n // 3 + 800] *= 1e-4
+        x += rng.uniform(0.01, 0.3) * np.sin(
+            2 * np.pi * rng.uniform(50, 7900) * t + rng.uniform(0, 6)
+        )
+    x[n // 3 : n // 3 + 800] *= 1e-4
     return x.astype(np.float32)
 
 
@@ -83,12 +89,14 @@ def test_log_mel_matches_float64_reference(seed):
 
 def test_filterbank_matches_own_slaney():
     _, mel = audio._projections(audio.FrontEnd())
-    np.testing.assert_allclose(mel.T, _slaney_filterbank(16000, 400, 80, 50.0, 8000.0),
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        mel.T, _slaney_filterbank(16000, 400, 80, 50.0, 8000.0), rtol=1e-5, atol=1e-9
+    )
 
 
-@pytest.mark.parametrize("n,frames", [(0, 0), (399, 0), (400, 1), (559, 1), (560, 2),
-                                      (16000, 98), (97_520, 608)])
+@pytest.mark.parametrize(
+    "n,frames", [(0, 0), (399, 0), (400, 1), (559, 1), (560, 2), (16000, 98), (97_520, 608)]
+)
 def test_frame_count(n, frames):
     fe = audio.FrontEnd()
     assert fe.num_frames(n) == frames
@@ -134,7 +142,11 @@ def test_load_audio_errors(tmp_path):
         with pytest.raises(audio.AudioError) as e:
             audio.load_audio(tmp_path / name)
         reasons[name] = e.value.reason
-    assert reasons == {"empty.wav": "empty", "garbage.wav": "unreadable",
-                       "header_only.wav": "empty", "half.wav": "truncated",
-                       "nan.wav": "non_finite"}
+    assert reasons == {
+        "empty.wav": "empty",
+        "garbage.wav": "unreadable",
+        "header_only.wav": "empty",
+        "half.wav": "truncated",
+        "nan.wav": "non_finite",
+    }
     assert audio.header_frames(good) == 8000

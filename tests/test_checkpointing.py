@@ -26,35 +26,43 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("mels")
     rng = np.random.default_rng(0)
-    mels = [rng.normal(size=(4, int(rng.integers(CROP, 3 * CROP)))).astype(np.float16)
-            for _ in range(9)]
+    mels = [
+        rng.normal(size=(4, int(rng.integers(CROP, 3 * CROP)))).astype(np.float16) for _ in range(9)
+    ]
     write_mel_dataset(str(d), mels, records_per_shard=4)
     return str(d)
 
 
 def _iterator(data_dir, num_workers=0):
-    ds = input_pipeline.pretraining_dataset(data_dir, batch_size=2, crop_frames=CROP, seed=0,
-                                            mean=0.0, std=1.0)
+    ds = input_pipeline.pretraining_dataset(
+        data_dir, batch_size=2, crop_frames=CROP, seed=0, mean=0.0, std=1.0
+    )
     return input_pipeline.InputIterator(ds, num_workers)
 
 
 def _shardings(tree, mesh):
     """P("x") over the mesh for leaves whose leading axis divides evenly; the rest replicated."""
+
     def one(x):
         split = x.ndim and x.shape[0] % mesh.size == 0
         return NamedSharding(mesh, P("x") if split else P())
+
     return jax.tree.map(one, tree)
 
 
 def _state(seed, mesh=None):
     """A small train-state-shaped pytree of fresh random arrays, sharded over `mesh` if given."""
     rng = np.random.default_rng(seed)
-    tree = {"params": {"w": rng.normal(size=(8, 4)).astype(np.float32),
-                       "b": rng.normal(size=(4,)).astype(np.float32)},
-            "teacher": {"w": rng.normal(size=(8, 4)).astype(np.float32)},
-            "opt": {"mu": rng.normal(size=(8, 4)).astype(np.float32)},
-            "center": rng.normal(size=(1, 8)).astype(np.float32),
-            "step": np.int32(rng.integers(100))}
+    tree = {
+        "params": {
+            "w": rng.normal(size=(8, 4)).astype(np.float32),
+            "b": rng.normal(size=(4,)).astype(np.float32),
+        },
+        "teacher": {"w": rng.normal(size=(8, 4)).astype(np.float32)},
+        "opt": {"mu": rng.normal(size=(8, 4)).astype(np.float32)},
+        "center": rng.normal(size=(1, 8)).astype(np.float32),
+        "step": np.int32(rng.integers(100)),
+    }
     if mesh is None:
         return jax.device_put(tree)
     return jax.device_put(tree, _shardings(tree, mesh))
@@ -67,8 +75,9 @@ def _assert_trees_equal(a, b):
 
 
 def _checkpointer(workdir, interval=1, keep=5, async_save=False):
-    return checkpointing.Checkpointer(str(workdir), save_interval_steps=interval,
-                                      max_to_keep=keep, async_save=async_save)
+    return checkpointing.Checkpointer(
+        str(workdir), save_interval_steps=interval, max_to_keep=keep, async_save=async_save
+    )
 
 
 def _save_steps(workdir, data_dir, steps):
@@ -122,8 +131,10 @@ def test_unfinished_save_is_removed_and_never_restored(tmp_path, data_dir, caplo
     assert (step_dir / "commit_success.txt").exists()  # Orbax 0.12.8 writes it even locally
     # Orbax 0.12.8 names a step being written "<step>.orbax-checkpoint-tmp"; older ones added
     # "-<timestamp>".
-    unfinished = [tmp_path / "checkpoints" / n
-                  for n in ("7.orbax-checkpoint-tmp", "9.orbax-checkpoint-tmp-1234567")]
+    unfinished = [
+        tmp_path / "checkpoints" / n
+        for n in ("7.orbax-checkpoint-tmp", "9.orbax-checkpoint-tmp-1234567")
+    ]
     for path in unfinished:
         shutil.copytree(step_dir, path)
         (path / "commit_success.txt").unlink()
@@ -190,15 +201,17 @@ def test_restore_onto_other_shardings(tmp_path, data_dir):
     assert saved["params"]["w"].sharding.spec == P("x")
     ckpt = _checkpointer(tmp_path)
     assert ckpt.save(4, saved, _iterator(data_dir))
-    for shardings in (_shardings(saved, Mesh(np.array(devices[:2]), ("x",))),
-                      jax.tree.map(lambda _: SingleDeviceSharding(devices[0]), saved)):
+    for shardings in (
+        _shardings(saved, Mesh(np.array(devices[:2]), ("x",))),
+        jax.tree.map(lambda _: SingleDeviceSharding(devices[0]), saved),
+    ):
         abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), saved, shardings)
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), saved, shardings
+        )
         restored, step = ckpt.restore_latest(abstract, _iterator(data_dir))
         assert step == 4
         _assert_trees_equal(restored, saved)
-        assert all(jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, restored,
-                                                shardings)))
+        assert all(jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, restored, shardings)))
     no_sharding = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved)
     with pytest.raises(ValueError, match=r"abstract_state\['center'\] has no sharding"):
         ckpt.restore_latest(no_sharding, _iterator(data_dir))
@@ -220,8 +233,12 @@ for attempt in range(2):
 
 def test_workdir_lock_excludes_another_process(tmp_path):
     workdir = str(tmp_path / "run")
-    with subprocess.Popen([sys.executable, "-c", _LOCK_CHILD, workdir], text=True,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+    with subprocess.Popen(
+        [sys.executable, "-c", _LOCK_CHILD, workdir],
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as child:
         try:
             with checkpointing.WorkdirLock(workdir):
                 first = child.stdout.readline()
@@ -249,8 +266,9 @@ def test_export_roundtrip_replaces_earlier_export(tmp_path):
     loaded, loaded_config = checkpointing.load_export(path)
     assert loaded_config == config
     _assert_trees_equal(loaded, params)
-    assert all(x.sharding == SingleDeviceSharding(jax.local_devices()[0])
-               for x in jax.tree.leaves(loaded))
+    assert all(
+        x.sharding == SingleDeviceSharding(jax.local_devices()[0]) for x in jax.tree.leaves(loaded)
+    )
     with pytest.raises(TypeError, match="JSON-serialisable"):
         checkpointing.export_encoder(str(tmp_path), params, {"bad": object()})
     with pytest.raises(FileNotFoundError, match="not an encoder export"):

@@ -12,8 +12,13 @@ from matpac_jax.data import demo_corpus as dc
 
 NUM_PRETRAIN = 12
 NUM_LABELLED = dc.MIN_LABELLED  # 24 clips per split: the smallest corpus covering every class
-TASK_CSVS = ("pretrain.csv", "labelled.csv", "tasks/timbre.csv", "tasks/pitch.csv",
-             "tasks/event.csv")
+TASK_CSVS = (
+    "pretrain.csv",
+    "labelled.csv",
+    "tasks/timbre.csv",
+    "tasks/pitch.csv",
+    "tasks/event.csv",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,11 @@ def test_audio_files_format_length_and_range(corpus):
     for path in paths:
         info = sf.info(out / path)
         assert (info.samplerate, info.channels, info.format, info.subtype) == (
-            16000, 1, "FLAC", "PCM_16")
+            16000,
+            1,
+            "FLAC",
+            "PCM_16",
+        )
         expected = dc.PRETRAIN_SAMPLES if path.startswith("pretrain/") else dc.LABELLED_SAMPLES
         assert info.frames == expected
         samples, _ = sf.read(out / path)
@@ -176,9 +185,13 @@ def test_pretrain_clips_mix_several_events_at_varied_loudness(corpus):
 def test_manifest_matches_file_and_parameters(corpus):
     out, manifest = corpus
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert manifest["params"] == {"generator_version": dc.GENERATOR_VERSION, "seed": 0,
-                                  "num_pretrain": NUM_PRETRAIN, "num_labelled": NUM_LABELLED,
-                                  "format": "flac"}
+    assert manifest["params"] == {
+        "generator_version": dc.GENERATOR_VERSION,
+        "seed": 0,
+        "num_pretrain": NUM_PRETRAIN,
+        "num_labelled": NUM_LABELLED,
+        "format": "flac",
+    }
     assert manifest["sample_rate"] == 16000
     assert manifest["pretrain"]["count"] == NUM_PRETRAIN
     assert manifest["labelled"]["count"] == NUM_LABELLED

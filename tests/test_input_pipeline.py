@@ -47,7 +47,7 @@ def test_batches_are_normalised_crops(data_dir):
             rid, start = int(round(row[0, 0])), int(round(row[1, 0]))
             rec = src[rid].astype(np.float32)
             assert 0 <= start <= rec.shape[1] - CROP  # the crop lies inside the record
-            np.testing.assert_allclose(row, rec[:, start:start + CROP], atol=1e-5)
+            np.testing.assert_allclose(row, rec[:, start : start + CROP], atol=1e-5)
 
 
 def test_deterministic_per_seed(data_dir):
@@ -60,8 +60,7 @@ def test_deterministic_per_seed(data_dir):
 
 def test_epochs_cover_corpus_with_new_order_and_crops(data_dir):
     ds = _dataset(data_dir, batch_size=1)
-    epochs = [[_ids_and_starts(ds[e * N_RECORDS + i]) for i in range(N_RECORDS)]
-              for e in range(2)]
+    epochs = [[_ids_and_starts(ds[e * N_RECORDS + i]) for i in range(N_RECORDS)] for e in range(2)]
     ids = [[x[0][0] for x in ep] for ep in epochs]
     assert sorted(ids[0]) == sorted(ids[1]) == list(range(N_RECORDS))
     assert ids[0] != ids[1]

@@ -48,10 +48,19 @@ def mixed_folder(tmp_path_factory):
 
 
 EXPECTED = {
-    "good16k.flac": "ok", "sub/stereo44k.wav": "ok", "sub/deeper/low8k.wav": "ok",
-    "good.ogg": "ok", "full.wav": "ok", "empty.wav": "empty", "garbage.flac": "unreadable",
-    "header_only.wav": "empty", "truncated.wav": "truncated", "nan.wav": "non_finite",
-    "sub/inf.wav": "non_finite", "too_short.wav": "too_short", "tiny.wav": "too_short",
+    "good16k.flac": "ok",
+    "sub/stereo44k.wav": "ok",
+    "sub/deeper/low8k.wav": "ok",
+    "good.ogg": "ok",
+    "full.wav": "ok",
+    "empty.wav": "empty",
+    "garbage.flac": "unreadable",
+    "header_only.wav": "empty",
+    "truncated.wav": "truncated",
+    "nan.wav": "non_finite",
+    "sub/inf.wav": "non_finite",
+    "too_short.wav": "too_short",
+    "tiny.wav": "too_short",
 }
 
 
@@ -61,8 +70,7 @@ def _status(entry):
 
 def test_mixed_folder(mixed_folder, tmp_path):
     out = tmp_path / "out"
-    index = preprocess.preprocess(str(mixed_folder), str(out), records_per_shard=3,
-                                  progress=False)
+    index = preprocess.preprocess(str(mixed_folder), str(out), records_per_shard=3, progress=False)
     report = json.loads((out / shards.REPORT_NAME).read_text())
     got = {e["path"]: _status(e) for e in report["files"]}
     assert got == EXPECTED
@@ -75,17 +83,23 @@ def test_mixed_folder(mixed_folder, tmp_path):
     values = []
     for i, rel in enumerate(sources):
         mel = src[i].astype(np.float32)
-        assert np.isfinite(mel).all() and mel.shape == (80, audio.FrontEnd().num_frames(
-            int(SR * SECONDS)))
+        assert np.isfinite(mel).all() and mel.shape == (
+            80,
+            audio.FrontEnd().num_frames(int(SR * SECONDS)),
+        )
         values.append(mel)
         # Resampled files must give the log-mel of the same tones synthesised at 16 kHz.
-        freqs = {"sub/stereo44k.wav": [500, 2000], "sub/deeper/low8k.wav": [250, 900],
-                 "good16k.flac": [300, 1200]}.get(rel)
+        freqs = {
+            "sub/stereo44k.wav": [500, 2000],
+            "sub/deeper/low8k.wav": [250, 900],
+            "good16k.flac": [300, 1200],
+        }.get(rel)
         if freqs:
             want = audio.log_mel(_tone(SR, SECONDS, freqs).astype(np.float32))
             loud = want > want.max() - 6  # the bands that hold the tones (resampler floor aside)
-            np.testing.assert_allclose(mel[:, 2:-2][loud[:, 2:-2]], want[:, 2:-2][loud[:, 2:-2]],
-                                       atol=0.05)
+            np.testing.assert_allclose(
+                mel[:, 2:-2][loud[:, 2:-2]], want[:, 2:-2][loud[:, 2:-2]], atol=0.05
+            )
     allv = np.concatenate([v.ravel() for v in values]).astype(np.float64)
     assert index["mean"] == pytest.approx(allv.mean(), rel=1e-9)
     assert index["std"] == pytest.approx(allv.std(), rel=1e-6)
@@ -93,8 +107,9 @@ def test_mixed_folder(mixed_folder, tmp_path):
 
 
 def test_resume_after_interruption(mixed_folder, tmp_path, monkeypatch):
-    ref = preprocess.preprocess(str(mixed_folder), str(tmp_path / "ref"), records_per_shard=2,
-                                progress=False)
+    ref = preprocess.preprocess(
+        str(mixed_folder), str(tmp_path / "ref"), records_per_shard=2, progress=False
+    )
     out = tmp_path / "out"
     real_write, calls = preprocess.write_shard, []
 
@@ -119,11 +134,13 @@ def test_resume_after_interruption(mixed_folder, tmp_path, monkeypatch):
         return real_process(job, relpath)
 
     monkeypatch.setattr(preprocess, "process_file", counting_process)
-    index = preprocess.preprocess(str(mixed_folder), str(out), records_per_shard=2,
-                                  progress=False)
+    index = preprocess.preprocess(str(mixed_folder), str(out), records_per_shard=2, progress=False)
     assert len(seen) == len(EXPECTED) - 6  # the three finished shards were not redone
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.array_record")
-            if p.name in done} == done
+    assert {
+        p.name: p.stat().st_mtime_ns
+        for p in (out / "shards").glob("*.array_record")
+        if p.name in done
+    } == done
     assert not list(out.rglob("*.tmp-*"))
     assert index == ref  # same records, sources, counts and statistics: nothing duplicated
     src, ref_src = shards.MelSource(str(out)), shards.MelSource(str(tmp_path / "ref"))
@@ -137,15 +154,29 @@ def test_refuses_to_mix_runs(mixed_folder, tmp_path):
     preprocess.preprocess(str(mixed_folder), out, records_per_shard=3, progress=False)
     with pytest.raises(ValueError, match="records_per_shard"):
         preprocess.preprocess(str(mixed_folder), out, records_per_shard=4, progress=False)
-    index = preprocess.preprocess(str(mixed_folder), out, records_per_shard=4, overwrite=True,
-                                  progress=False)
+    index = preprocess.preprocess(
+        str(mixed_folder), out, records_per_shard=4, overwrite=True, progress=False
+    )
     assert index["num_records"] == 5 and len(index["shards"]) == 4
 
 
 def test_cli_with_workers(mixed_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert preprocess.main(["--input_dir", str(mixed_folder), "--output_dir", str(out),
-                            "--num_workers", "2", "--min_frames", "100"]) == 0
+    assert (
+        preprocess.main(
+            [
+                "--input_dir",
+                str(mixed_folder),
+                "--output_dir",
+                str(out),
+                "--num_workers",
+                "2",
+                "--min_frames",
+                "100",
+            ]
+        )
+        == 0
+    )
     index = json.loads((out / shards.INDEX_NAME).read_text())
     assert index["num_records"] == 6  # too_short.wav (198 frames) now passes; tiny.wav never
     assert "6 written, 7 skipped" in capsys.readouterr().out

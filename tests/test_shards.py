@@ -35,7 +35,7 @@ def test_source_reads_every_record_in_order(tmp_path):
 
 def _corrupt(path, offset, size, rng):
     data = bytearray(path.read_bytes())
-    data[offset:offset + size] = rng.bytes(size)
+    data[offset : offset + size] = rng.bytes(size)
     path.write_bytes(bytes(data))
 
 

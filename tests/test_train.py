@@ -37,11 +37,20 @@ def data_dir(tmp_path_factory):
 
 
 def _cmd(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "matpac_jax.train", "--config=configs/matpac_pp.py:runlocal",
-            f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-            "--config.data.crop_frames=64", "--config.batch_size=8",
-            f"--config.total_steps={TOTAL}", "--config.log_every=5",
-            "--config.checkpoint_every=40", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "matpac_jax.train",
+        "--config=configs/matpac_pp.py:runlocal",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+        "--config.data.crop_frames=64",
+        "--config.batch_size=8",
+        f"--config.total_steps={TOTAL}",
+        "--config.log_every=5",
+        "--config.checkpoint_every=40",
+        *extra,
+    ]
 
 
 def _env():
@@ -52,8 +61,9 @@ def _env():
 
 
 def _run(cmd, **kw):
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=600, **kw)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def _losses(workdir):
@@ -72,23 +82,42 @@ def reference(tmp_path_factory, data_dir):
 def test_uninterrupted_run_learns_and_exports(reference):
     losses = _losses(reference)
     assert sorted(losses) == list(range(5, TOTAL + 1, 5))
-    first, last = np.mean([losses[s] for s in (5, 10, 15)]), np.mean(
-        [losses[s] for s in (TOTAL - 10, TOTAL - 5, TOTAL)])
+    first, last = (
+        np.mean([losses[s] for s in (5, 10, 15)]),
+        np.mean([losses[s] for s in (TOTAL - 10, TOTAL - 5, TOTAL)]),
+    )
     assert last < first - 0.2, (first, last)
     params, config = checkpointing.load_export(os.path.join(reference, "export"))
     assert set(params) == {"patch_embed", "cls_token", "student"}
     assert config["model"]["max_frames"] == 64 and config["front_end"]["n_mels"] == 80
     with open(os.path.join(reference, "metrics.jsonl")) as f:
         row = json.loads(f.readline())
-    for key in ("loss", "loss_pred", "loss_cls", "lr", "mcl/win_rate/0", "cls/perplexity",
-                "grad_norm", "teacher_tau", "mcl_temperature", "ema/encoder", "skipped"):
+    for key in (
+        "loss",
+        "loss_pred",
+        "loss_cls",
+        "lr",
+        "mcl/win_rate/0",
+        "cls/perplexity",
+        "grad_norm",
+        "teacher_tau",
+        "mcl_temperature",
+        "ema/encoder",
+        "skipped",
+    ):
         assert key in row
 
 
 def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(_cmd(workdir, data_dir), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(workdir, data_dir),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -139,8 +168,7 @@ def test_non_finite_run_stops_keeping_last_good_checkpoint(tmp_path):
     data = tmp_path / "nan_mels"
     write_mel_dataset(str(data), [np.full((80, 100), np.nan, np.float16)] * 8)
     workdir = str(tmp_path / "run")
-    out = _run(_cmd(workdir, str(data), "--config.log_every=1",
-                    "--config.max_consecutive_skips=3"))
+    out = _run(_cmd(workdir, str(data), "--config.log_every=1", "--config.max_consecutive_skips=3"))
     assert out.returncode != 0
     assert "non-finite steps in a row" in out.stderr
     assert not os.path.exists(os.path.join(workdir, "export"))

@@ -19,13 +19,28 @@ SEED = 3
 
 
 def _setup(mcl=True, heads=3, center_on="probs"):
-    model_cfg = models.model_config({"variant": "mu", "num_mcl_heads": heads, "n_mels": F,
-                                     "max_frames": T})
-    step_cfg = ts.StepConfig(mask_ratio=0.7, alpha=0.5, mcl=mcl, mcl_threshold=1e-4,
-                             student_temp=0.1, center_on=center_on, center_momentum=0.9)
-    sched = schedules.Schedules(total_steps=100, lr_warmup_steps=10, tau_warmup_steps=20,
-                                peak_lr=1e-3, encoder_ema=(0.9, 0.99), cls_head_ema=(0.8, 1.0),
-                                mcl_t0=0.5, mcl_decay=0.9)
+    model_cfg = models.model_config(
+        {"variant": "mu", "num_mcl_heads": heads, "n_mels": F, "max_frames": T}
+    )
+    step_cfg = ts.StepConfig(
+        mask_ratio=0.7,
+        alpha=0.5,
+        mcl=mcl,
+        mcl_threshold=1e-4,
+        student_temp=0.1,
+        center_on=center_on,
+        center_momentum=0.9,
+    )
+    sched = schedules.Schedules(
+        total_steps=100,
+        lr_warmup_steps=10,
+        tau_warmup_steps=20,
+        peak_lr=1e-3,
+        encoder_ema=(0.9, 0.99),
+        cls_head_ema=(0.8, 1.0),
+        mcl_t0=0.5,
+        mcl_decay=0.9,
+    )
     tx = optax.adamw(sched.lr, weight_decay=0.05)
     state = ts.init_state(jax.random.key(0), model_cfg, tx)
     step = jax.jit(ts.make_train_step(model_cfg, step_cfg, sched, tx, SEED))
@@ -54,7 +69,7 @@ def _reference_loss(model_cfg, sched, state, x, step):
     zh_n = zh / np.linalg.norm(zh, axis=-1, keepdims=True)
     zm_n = zm / np.linalg.norm(zm, axis=-1, keepdims=True)
     d = 2 - 2 * np.einsum("bmkd,bmd->bmk", zh_n, zm_n)
-    temp = 0.5 * 0.9 ** step
+    temp = 0.5 * 0.9**step
     w = _np_softmax(-d / temp) if temp > 1e-4 else np.eye(d.shape[-1])[d.argmin(-1)]
     pred = (w * d).sum(-1)
     best = d.argmin(-1)
@@ -88,17 +103,22 @@ def test_ema_from_pre_update_student_and_none_at_step_0():
     before = jax.tree.map(np.asarray, state)
     state, _ = step(state, _batch(0))
     for part in ("encoder", "cls_head"):  # step 0: the teachers stay as initialised
-        jax.tree.map(np.testing.assert_array_equal, state["teacher"][part],
-                     before["teacher"][part])
+        jax.tree.map(np.testing.assert_array_equal, state["teacher"][part], before["teacher"][part])
     before = jax.tree.map(np.asarray, state)
     state, metrics = step(state, _batch(1))
     m_enc, m_cls = (float(schedules.ema_momentum(1, *r, 100)) for r in ((0.9, 0.99), (0.8, 1.0)))
     assert float(metrics["ema/encoder"]) == pytest.approx(m_enc)
     for part, student_part, m in (("encoder", "student", m_enc), ("cls_head", "cls_head", m_cls)):
-        want = jax.tree.map(lambda t, s: m * t.astype(np.float64) + (1 - m) * s,
-                            before["teacher"][part], before["params"][student_part])
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7),
-                     state["teacher"][part], want)
+        want = jax.tree.map(
+            lambda t, s: m * t.astype(np.float64) + (1 - m) * s,
+            before["teacher"][part],
+            before["params"][student_part],
+        )
+        jax.tree.map(
+            lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7),
+            state["teacher"][part],
+            want,
+        )
 
 
 def test_gradient_never_reaches_teacher():
@@ -108,9 +128,13 @@ def test_gradient_never_reaches_teacher():
     x = _batch(0)
 
     def loss_of_teacher(teacher_state):
-        z_hat, z_m, _ = models.forward(nnx.merge(graph_s, state["params"]),
-                                       nnx.merge(graph_t, teacher_state), x,
-                                       mask.visible_idx, mask.masked_idx)
+        z_hat, z_m, _ = models.forward(
+            nnx.merge(graph_s, state["params"]),
+            nnx.merge(graph_t, teacher_state),
+            x,
+            mask.visible_idx,
+            mask.masked_idx,
+        )
         return jnp.sum(z_m) + jnp.sum(z_hat)
 
     grads = jax.grad(loss_of_teacher)(state["teacher"])

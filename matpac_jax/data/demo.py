@@ -18,6 +18,7 @@ def pretraining_shards(cache_dir: str, num_workers: int = 2) -> str:
     mels_dir = os.path.join(cache_dir, "mels")
     demo_corpus.generate(audio_dir, num_workers=num_workers)
     if not os.path.exists(os.path.join(mels_dir, shards.INDEX_NAME)):
-        preprocess.preprocess(os.path.join(audio_dir, "pretrain"), mels_dir,
-                              num_workers=num_workers)
+        preprocess.preprocess(
+            os.path.join(audio_dir, "pretrain"), mels_dir, num_workers=num_workers
+        )
     return mels_dir

@@ -63,13 +63,24 @@ SPLITS = ("train", "valid", "test")
 _NYQUIST_GUARD = 0.45 * SAMPLE_RATE  # keep partials clear of Nyquist to avoid aliasing
 _TABLE = 2048  # wavetable length for harmonic notes
 _OCTAVES = {"train": (2, 4, 6), "valid": (3,), "test": (5,)}
-_SEGMENTS = {"train": ((0.0, 0.24), (0.41, 0.59), (0.76, 1.0)), "valid": ((0.26, 0.39),),
-             "test": ((0.61, 0.74),)}
-_SPLIT_PARAMS = {"noise_burst": ("band_centre_hz", 150.0, 5000.0),
-                 "chirp": ("start_hz", 80.0, 4000.0),
-                 "percussive_hit": ("decay_s", 0.02, 0.6)}
-_PATTERN = ("harmonic_note", "noise_burst", "harmonic_note", "chirp", "harmonic_note",
-            "percussive_hit")
+_SEGMENTS = {
+    "train": ((0.0, 0.24), (0.41, 0.59), (0.76, 1.0)),
+    "valid": ((0.26, 0.39),),
+    "test": ((0.61, 0.74),),
+}
+_SPLIT_PARAMS = {
+    "noise_burst": ("band_centre_hz", 150.0, 5000.0),
+    "chirp": ("start_hz", 80.0, 4000.0),
+    "percussive_hit": ("decay_s", 0.02, 0.6),
+}
+_PATTERN = (
+    "harmonic_note",
+    "noise_burst",
+    "harmonic_note",
+    "chirp",
+    "harmonic_note",
+    "percussive_hit",
+)
 _PRETRAIN_EVENT_PROBS = (0.4, 0.2, 0.15, 0.25)
 
 # Harmonic amplitude profiles (k = harmonic number): these spectral shapes define the families.
@@ -172,7 +183,9 @@ def _chirp(rng, start_hz, dur):
     end_hz = float(np.clip(start_hz * 2.0 ** (rng.uniform(1, 4) * rng.choice([-1, 1])), 50, 7000))
     ramp = np.arange(n) / n
     linear = rng.random() < 0.5
-    freq = start_hz + (end_hz - start_hz) * ramp if linear else start_hz * (end_hz / start_hz)**ramp
+    freq = (
+        start_hz + (end_hz - start_hz) * ramp if linear else start_hz * (end_hz / start_hz) ** ramp
+    )
     cycles = np.cumsum(freq) / SAMPLE_RATE
     wave = np.zeros(n)
     for k in range(1, int(rng.integers(1, 4)) + 1):
@@ -206,11 +219,20 @@ def split_intervals(event):
         intervals, never overlapping across splits.
     """
     if event == "harmonic_note":
-        return {"param": "midi", **{s: [[12 * (o + 1), 12 * (o + 1) + 11] for o in octs]
-                                    for s, octs in _OCTAVES.items()}}
+        return {
+            "param": "midi",
+            **{
+                s: [[12 * (o + 1), 12 * (o + 1) + 11] for o in octs] for s, octs in _OCTAVES.items()
+            },
+        }
     name, lo, hi = _SPLIT_PARAMS[event]
-    return {"param": name, **{s: [[lo * (hi / lo) ** a, lo * (hi / lo) ** b] for a, b in segs]
-                              for s, segs in _SEGMENTS.items()}}
+    return {
+        "param": name,
+        **{
+            s: [[lo * (hi / lo) ** a, lo * (hi / lo) ** b] for a, b in segs]
+            for s, segs in _SEGMENTS.items()
+        },
+    }
 
 
 def _sample_param(rng, event, split):
@@ -238,8 +260,9 @@ def _random_event(rng, event, split=None, family=None, pitch_class=None):
     max_dur = 2.5 if split else 3.0  # labelled events must fit their 3 s clip
     if event == "harmonic_note":
         family = family or TIMBRES[rng.integers(len(TIMBRES))]
-        midi = int(12 * (rng.choice(_OCTAVES[split]) + 1) + pitch_class if split
-                   else rng.integers(36, 96))
+        midi = int(
+            12 * (rng.choice(_OCTAVES[split]) + 1) + pitch_class if split else rng.integers(36, 96)
+        )
         return _fade_out(_harmonic_note(rng, family, midi, rng.uniform(0.3, max_dur))), midi
     value = float(_sample_param(rng, event, split))
     if event == "noise_burst":
@@ -274,8 +297,12 @@ def _pretrain_clip(seed, index):
         start = rng.integers(0, PRETRAIN_SAMPLES - len(wave) + 1)
         gain = 10.0 ** ((level_db + rng.uniform(-12.0, 0.0)) / 20)  # per-event loudness
         audio[start : start + len(wave)] += _unit_rms(wave) * gain
-    row = {"duration_s": PRETRAIN_SAMPLES / SAMPLE_RATE, "num_events": num_events,
-           "level_db": round(level_db, 3), "snr_db": round(snr_db, 3)}
+    row = {
+        "duration_s": PRETRAIN_SAMPLES / SAMPLE_RATE,
+        "num_events": num_events,
+        "level_db": round(level_db, 3),
+        "snr_db": round(snr_db, 3),
+    }
     return _peak_limit(audio), row
 
 
@@ -288,9 +315,14 @@ def _labelled_clip(seed, index, slot):
     audio = _background(rng, LABELLED_SAMPLES, level_db - rng.uniform(25.0, 40.0))
     start = rng.integers(SAMPLE_RATE // 20, LABELLED_SAMPLES - len(wave) + 1)
     audio[start : start + len(wave)] += _unit_rms(wave) * 10.0 ** (level_db / 20)
-    row = {"split": split, "event": event, "timbre": family or "",
-           "pitch": "" if pitch_class is None else PITCH_CLASSES[pitch_class],
-           "param": split_intervals(event)["param"], "value": value}
+    row = {
+        "split": split,
+        "event": event,
+        "timbre": family or "",
+        "pitch": "" if pitch_class is None else PITCH_CLASSES[pitch_class],
+        "param": split_intervals(event)["param"],
+        "value": value,
+    }
     return _peak_limit(audio), row
 
 
@@ -343,15 +375,24 @@ def _write_csv(path, fields, rows):
 
 def _write_tables(out, pretrain_rows, labelled_rows, schedule):
     """Write pretrain.csv, labelled.csv and the per-task CSVs; return per-task split counts."""
-    _write_csv(out / "pretrain.csv", ["path", "duration_s", "num_events", "level_db", "snr_db"],
-               pretrain_rows)
-    _write_csv(out / "labelled.csv", ["path", "split", "event", "timbre", "pitch", "param",
-                                      "value"], labelled_rows)
+    _write_csv(
+        out / "pretrain.csv",
+        ["path", "duration_s", "num_events", "level_db", "snr_db"],
+        pretrain_rows,
+    )
+    _write_csv(
+        out / "labelled.csv",
+        ["path", "split", "event", "timbre", "pitch", "param", "value"],
+        labelled_rows,
+    )
     notes = [r for r in labelled_rows if r["event"] == "harmonic_note"]
-    tasks = {"timbre": [{**r, "label": r["timbre"]} for r in notes],
-             "pitch": [{**r, "label": r["pitch"]} for r in notes],
-             "event": [{**r, "label": r["event"]}
-                       for r, slot in zip(labelled_rows, schedule) if slot[4]]}
+    tasks = {
+        "timbre": [{**r, "label": r["timbre"]} for r in notes],
+        "pitch": [{**r, "label": r["pitch"]} for r in notes],
+        "event": [
+            {**r, "label": r["event"]} for r, slot in zip(labelled_rows, schedule) if slot[4]
+        ],
+    }
     for task, rows in tasks.items():
         _write_csv(out / "tasks" / f"{task}.csv", ["path", "label", "split"], rows)
     return {t: {s: sum(r["split"] == s for r in rows) for s in SPLITS} for t, rows in tasks.items()}
@@ -361,11 +402,17 @@ def _manifest(params, task_counts):
     """Manifest dict: parameters, clip geometry, per-task classes/counts and split rules."""
     manifest = {"params": params, "sample_rate": SAMPLE_RATE}
     for kind, samples in (("pretrain", PRETRAIN_SAMPLES), ("labelled", LABELLED_SAMPLES)):
-        manifest[kind] = {"csv": f"{kind}.csv", "count": params[f"num_{kind}"],
-                          "clip_samples": samples, "clip_seconds": samples / SAMPLE_RATE}
+        manifest[kind] = {
+            "csv": f"{kind}.csv",
+            "count": params[f"num_{kind}"],
+            "clip_samples": samples,
+            "clip_seconds": samples / SAMPLE_RATE,
+        }
     classes = {"timbre": TIMBRES, "pitch": PITCH_CLASSES, "event": EVENT_TYPES}
-    manifest["tasks"] = {task: {"csv": f"tasks/{task}.csv", "classes": list(names),
-                                "counts": task_counts[task]} for task, names in classes.items()}
+    manifest["tasks"] = {
+        task: {"csv": f"tasks/{task}.csv", "classes": list(names), "counts": task_counts[task]}
+        for task, names in classes.items()
+    }
     manifest["split_rules"] = {event: split_intervals(event) for event in EVENT_TYPES}
     return manifest
 
@@ -378,8 +425,9 @@ def _run_jobs(jobs, num_workers):
         return pool.map(_build, jobs, chunksize=max(1, len(jobs) // (8 * num_workers)))
 
 
-def generate(out_dir, num_pretrain=1000, num_labelled=1500, seed=0, fmt="flac", num_workers=0,
-             force=False):
+def generate(
+    out_dir, num_pretrain=1000, num_labelled=1500, seed=0, fmt="flac", num_workers=0, force=False
+):
     """Write the demo corpus into ``out_dir`` (skipped if an identical one is already there).
 
     Regenerating replaces ``out_dir``'s pretrain/, labelled/ and tasks/ folders.
@@ -396,8 +444,13 @@ def generate(out_dir, num_pretrain=1000, num_labelled=1500, seed=0, fmt="flac", 
     if fmt not in ("flac", "wav"):
         raise ValueError(f"fmt must be 'flac' or 'wav', got {fmt!r}")
     out = Path(out_dir)
-    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "num_pretrain": num_pretrain,
-              "num_labelled": num_labelled, "format": fmt}
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "num_pretrain": num_pretrain,
+        "num_labelled": num_labelled,
+        "format": fmt,
+    }
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
         manifest = json.loads(manifest_path.read_text())
@@ -419,8 +472,10 @@ def generate(out_dir, num_pretrain=1000, num_labelled=1500, seed=0, fmt="flac", 
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, manifest_path)  # written last: its presence marks a complete corpus
-    print(f"demo corpus: {num_pretrain} pretrain + {num_labelled} labelled clips "
-          f"({fmt}, seed {seed}) written to {out} in {time.perf_counter() - start:.1f} s")
+    print(
+        f"demo corpus: {num_pretrain} pretrain + {num_labelled} labelled clips "
+        f"({fmt}, seed {seed}) written to {out} in {time.perf_counter() - start:.1f} s"
+    )
     return manifest
 
 
@@ -435,8 +490,15 @@ def main(argv=None):
     parser.add_argument("--num_workers", type=int, default=0, help="0: no worker processes")
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
-    generate(args.out, args.num_pretrain, args.num_labelled, args.seed, args.format,
-             args.num_workers, args.force)
+    generate(
+        args.out,
+        args.num_pretrain,
+        args.num_labelled,
+        args.seed,
+        args.format,
+        args.num_workers,
+        args.force,
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ import time
 from matpac_jax import input_pipeline, preprocess, shards
 
 
-def crops_per_second(data_dir: str, num_workers: int, batch_size: int, seconds: float,
-                     crop_frames: int = 608) -> dict:
+def crops_per_second(
+    data_dir: str, num_workers: int, batch_size: int, seconds: float, crop_frames: int = 608
+) -> dict:
     """Times the batched crop stream after a warm-up of a few batches."""
-    ds = input_pipeline.pretraining_dataset(data_dir, batch_size=batch_size,
-                                            crop_frames=crop_frames, seed=0)
+    ds = input_pipeline.pretraining_dataset(
+        data_dir, batch_size=batch_size, crop_frames=crop_frames, seed=0
+    )
     it = input_pipeline.InputIterator(ds, num_workers)
     shape = None
     for _ in range(3 + 2 * num_workers):
@@ -34,8 +36,14 @@ def crops_per_second(data_dir: str, num_workers: int, batch_size: int, seconds: 
         n += next(it).shape[0]
     elapsed = time.perf_counter() - start
     it.close()
-    return {"bench": "crops", "num_workers": num_workers, "batch_shape": list(shape),
-            "dtype": "float32", "crops_per_s": round(n / elapsed, 1), "crops": n}
+    return {
+        "bench": "crops",
+        "num_workers": num_workers,
+        "batch_shape": list(shape),
+        "dtype": "float32",
+        "crops_per_s": round(n / elapsed, 1),
+        "crops": n,
+    }
 
 
 def preprocessing_speed(data_dir: str, num_workers: int, max_files: int) -> dict:
@@ -51,19 +59,26 @@ def preprocessing_speed(data_dir: str, num_workers: int, max_files: int) -> dict
             os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
             os.symlink(os.path.join(input_dir, rel), os.path.join(src, rel))
         start = time.perf_counter()
-        out = preprocess.preprocess(src, os.path.join(tmp, "out"), num_workers=num_workers,
-                                    min_frames=0, progress=False)
+        out = preprocess.preprocess(
+            src, os.path.join(tmp, "out"), num_workers=num_workers, min_frames=0, progress=False
+        )
         elapsed = time.perf_counter() - start
     fe = index["front_end"]
     audio_s = out["total_frames"] * fe["hop_length"] / fe["sample_rate"]
-    return {"bench": "preprocess", "num_workers": num_workers, "files": len(files),
-            "seconds": round(elapsed, 2), "clips_per_s": round(len(files) / elapsed, 1),
-            "x_real_time": round(audio_s / elapsed, 1)}
+    return {
+        "bench": "preprocess",
+        "num_workers": num_workers,
+        "files": len(files),
+        "seconds": round(elapsed, 2),
+        "clips_per_s": round(len(files) / elapsed, 1),
+        "x_real_time": round(audio_s / elapsed, 1),
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.tools.bench_input",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m matpac_jax.tools.bench_input", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--data", required=True, help="a matpac_jax.preprocess output directory")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=10.0, help="timing window per setting")
@@ -72,11 +87,14 @@ def main(argv=None) -> int:
     p.add_argument("--preprocess_workers", type=int, default=2)
     args = p.parse_args(argv)
     for w in (int(x) for x in args.workers.split(",")):
-        print(json.dumps(crops_per_second(args.data, w, args.batch_size, args.seconds)),
-              flush=True)
+        print(json.dumps(crops_per_second(args.data, w, args.batch_size, args.seconds)), flush=True)
     if args.preprocess_files > 0:
-        print(json.dumps(preprocessing_speed(args.data, args.preprocess_workers,
-                                             args.preprocess_files)), flush=True)
+        print(
+            json.dumps(
+                preprocessing_speed(args.data, args.preprocess_workers, args.preprocess_files)
+            ),
+            flush=True,
+        )
     return 0
 
 
