@@ -1,0 +1,121 @@
+r"""Compiles the train step for a config and reports XLA's FLOPs and memory; no accelerator needed.
+
+  python -m matpac_jax.tools.cost --config configs/matpac_pp.py:variant=B --batch_size 8
+  python -m matpac_jax.tools.cost --config configs/matpac_pp.py:variant=B \
+      --batch_size 2048 --mesh 8,1 --dtype bfloat16
+
+`--batch_size` is the global batch; `--mesh data,fsdp` lays it over that many devices (faked on
+a CPU host: the compiled program and its per-device memory are those of the real mesh). Prints
+one JSON object: FLOPs per step and per example (XLA's cost analysis of the whole step:
+student and predictor forward and backward, teacher forward, optimiser, EMA), the analytic
+figure of DESIGN.md section 9 for comparison, bytes accessed, and XLA's memory analysis per
+device (arguments = state + batch, temporaries = activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+
+DESIGN_GFLOP_PER_EXAMPLE = 93.0  # DESIGN.md section 9, the paper's ViT-B configuration
+
+
+def _load_config(spec: str):
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("matpac_config", path)
+    if module_spec is None:
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | None) -> dict:
+    """Lowers and compiles one train step on abstract inputs; returns the figures."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from matpac_jax import config_lib, optimizer, sharding, train  # pylint: disable=g-import-not-at-top
+    from matpac_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+
+    with config.unlocked():
+        config.batch_size = batch_size
+        if dtype:
+            config.model.compute_dtype = dtype
+    fake_index = {"front_end": {"n_mels": config.data.num_mels}}
+    model_cfg = train.model_config(config, fake_index)
+    sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
+    tx = optimizer.make_optimizer(config.optim, sched.lr)
+    if math.prod(mesh_shape) > jax.device_count():
+        raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, this host has "
+                         f"{jax.device_count()} (run the tool as a command: it fakes them)")
+    mesh = sharding.make_mesh(mesh_shape, jax.devices()[: math.prod(mesh_shape)])
+    abstract = jax.eval_shape(lambda k: ts.init_state(k, model_cfg, tx), jax.random.key(0))
+    state_sharding = sharding.state_shardings(abstract, mesh)
+    batch = jax.ShapeDtypeStruct(
+        (batch_size, config.data.num_mels, config.data.crop_frames), jnp.float32,
+        sharding=sharding.batch_sharding(mesh))
+    step = jax.jit(
+        ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, 0),
+        in_shardings=(state_sharding, batch.sharding), out_shardings=(state_sharding, None),
+        donate_argnums=0)
+    compiled = step.lower(abstract, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled.memory_analysis()
+    flops = float(cost["flops"])
+    counts = {k: sum(math.prod(x.shape) for x in jax.tree.leaves(abstract[k]))
+              for k in ("params", "teacher")}
+    out = {
+        "model": {"variant": config.model.variant, "compute_dtype": model_cfg.dtype,
+                  "num_mcl_heads": model_cfg.num_mcl_heads},
+        "batch_size": batch_size, "mesh": {"data": mesh.shape["data"],
+                                           "fsdp": mesh.shape["fsdp"]},
+        "backend": jax.default_backend(),
+        "flops_per_step": flops,
+        "gflop_per_example": flops / batch_size / 1e9,
+        "bytes_accessed_per_step": float(cost.get("bytes accessed", float("nan"))),
+        "params": counts,
+    }
+    if config.model.variant == "B" and config.model.num_mcl_heads == 5:
+        out["design_gflop_per_example"] = DESIGN_GFLOP_PER_EXAMPLE
+        out["ratio_to_design"] = out["gflop_per_example"] / DESIGN_GFLOP_PER_EXAMPLE
+    if memory is not None:
+        per_device = {
+            "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+            "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
+            "generated_code": memory.generated_code_size_in_bytes}
+        # Donated state aliases its outputs: the peak is arguments + temporaries + the rest.
+        per_device["peak_estimate"] = (per_device["arguments"] + per_device["temporaries"]
+                                       + per_device["outputs"] - per_device["aliased"])
+        out["memory_per_device_gib"] = {k: round(v / 2**30, 3) for k, v in per_device.items()}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m matpac_jax.tools.cost",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="e.g. configs/matpac_pp.py:variant=B")
+    p.add_argument("--batch_size", type=int, required=True, help="global batch")
+    p.add_argument("--mesh", default="1,1", help="data,fsdp device counts (faked on CPU)")
+    p.add_argument("--dtype", default=None, help="compute dtype (default: the config's)")
+    args = p.parse_args(argv)
+    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+    if len(mesh_shape) != 2 or min(mesh_shape) < 1:
+        p.error("--mesh takes two positive integers: data,fsdp")
+    devices = math.prod(mesh_shape)
+    if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={devices}")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    result = analyse(_load_config(args.config), args.batch_size, mesh_shape, args.dtype)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
