@@ -1,0 +1,212 @@
+"""Tests for matpac_jax/datasets: every builder on a tiny fake copy of its official layout."""
+
+import csv
+import logging
+import re
+import sys
+from pathlib import Path
+
+import fake_layouts
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow_datasets as tfds
+
+from matpac_jax import audio, datasets
+from matpac_jax.datasets import base, prepare
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """One fake manual_dir per dataset, written on first use: {dataset: (manual_dir, rows)}."""
+    roots, made = {}, {}
+
+    def get(dataset):
+        if dataset not in made:
+            # The demo configs share one generated corpus, as they do in real use.
+            name = dataset.split("/")[0]
+            if name not in roots:
+                roots[name] = tmp_path_factory.mktemp(name)
+            root = roots[name]
+            made[dataset] = (root, fake_layouts.LAYOUTS[dataset](root))
+        return made[dataset]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.mark.parametrize("dataset", datasets.DATASETS)
+def test_build_stores_every_clip_in_its_official_split(dataset, layouts, data_dir):
+    manual_dir, rows = layouts(dataset)
+    built = datasets.build(dataset, manual_dir, data_dir)
+    assert "tensorflow" not in sys.modules  # tfds runs without TensorFlow for these builders
+    assert built.info.metadata["sample_rate"] == 16_000
+    label_feature = built.info.features["label"]
+    folds = bool(type(built).NUM_FOLDS)
+    expected = {rel: (label, split) for rel, label, split in rows}
+    seen = {}
+    for split, source in built.as_data_source().items():
+        for i in range(len(source)):
+            ex = source[i]
+            rel = ex["path"].decode()
+            assert rel not in seen, f"{rel} stored twice"
+            seen[rel] = (label_feature.int2str(ex["label"]), split)
+            if folds:
+                assert ex["fold"] == int(split[4:])
+            else:
+                assert ex["split"].decode() == split
+            src = manual_dir / rel
+            assert ex["audio"].dtype == np.int16
+            np.testing.assert_array_equal(ex["audio"], base.encode(audio.load_audio(src)))
+            info = sf.info(src)
+            assert abs(len(ex["audio"]) - info.duration * 16_000) <= 1
+            if info.samplerate == 16_000 and info.subtype == "PCM_16" and info.channels == 1:
+                # 16-bit 16 kHz sources are stored bit for bit.
+                np.testing.assert_array_equal(ex["audio"], sf.read(src, dtype="int16")[0])
+    assert seen == expected
+
+
+@pytest.mark.parametrize("dataset", datasets.DATASETS)
+def test_task_csv_lists_every_clip_with_its_label_and_split(dataset, layouts, tmp_path):
+    manual_dir, rows = layouts(dataset)
+    out = tmp_path / "task.csv"
+    assert datasets.write_task_csv(dataset, manual_dir, out) == len(rows)
+    with open(out, newline="") as f:
+        reader = csv.reader(f)
+        header, written = next(reader), list(reader)
+    folds = dataset in ("esc50", "urbansound8k")
+    assert header == ["path", "label", "fold" if folds else "split"]
+    want = {
+        (str(manual_dir.absolute() / rel), label, split[4:] if folds else split)
+        for rel, label, split in rows
+    }
+    assert len(written) == len(want) and set(map(tuple, written)) == want
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p, _, _ in written)
+
+
+def test_built_dataset_opens_by_name_through_tfds(layouts, data_dir):
+    manual_dir, rows = layouts("esc50")
+    datasets.build("esc50", manual_dir, data_dir)
+    source = tfds.data_source("matpac_esc50", data_dir=str(data_dir))
+    assert sorted(source) == [f"fold{k}" for k in range(1, 6)]
+    assert sum(len(s) for s in source.values()) == len(rows)
+    assert datasets.to_float(source["fold1"][0]["audio"]).dtype == np.float32
+
+
+def test_gtzan_reads_wav_copies_and_the_kaggle_folder(tmp_path):
+    rows = fake_layouts.gtzan_layout(tmp_path, ext="wav")
+    (tmp_path / "Data").mkdir()
+    (tmp_path / "genres").rename(tmp_path / "Data" / "genres_original")
+    clips = datasets.BUILDERS["gtzan"].checked_clips(tmp_path)
+    got = {(c.rel, c.label, c.split) for c in clips}
+    moved = {(rel.replace("genres/", "Data/genres_original/"), lab, s) for rel, lab, s in rows}
+    assert got == moved
+
+
+def test_speech_commands_archive_unpacked_without_its_folder(tmp_path):
+    rows = fake_layouts.speech_commands_layout(tmp_path, folder=".")
+    clips = datasets.BUILDERS["speech_commands"].checked_clips(tmp_path)
+    assert {(c.rel, c.label, c.split) for c in clips} == set(rows)
+
+
+def test_crema_d_split_is_speaker_disjoint_70_10_20():
+    splits = {a: datasets.crema_d.split_of(a) for a in range(1001, 1092)}
+    counts = {s: sum(v == s for v in splits.values()) for s in base.SPLITS}
+    assert counts == {"train": 64, "valid": 9, "test": 18}
+
+
+def test_unreadable_file_is_skipped_and_named(tmp_path, caplog):
+    rows = fake_layouts.crema_d_layout(tmp_path)
+    bad = tmp_path / rows[0][0]
+    bad.write_bytes(bad.read_bytes()[:60])  # header survives, audio does not: truncated
+    with caplog.at_level(logging.WARNING):
+        built = datasets.build("crema_d", tmp_path, tmp_path / "tfds")
+    assert sum(s.num_examples for s in built.info.splits.values()) == len(rows) - 1
+    assert rows[0][0] in caplog.text and "truncated" in caplog.text
+
+
+def _break(dataset, root):
+    """Removes one piece of a fresh fake layout; returns what the error must mention."""
+    if dataset == "esc50":
+        fake_layouts.esc50_layout(root)
+        next((root / "ESC-50-master" / "audio").glob("*.wav")).unlink()
+        return "files the metadata lists are missing"
+    if dataset == "urbansound8k":
+        fake_layouts.urbansound8k_layout(root)
+        (root / "UrbanSound8K" / "metadata" / "UrbanSound8K.csv").unlink()
+        return "UrbanSound8K.csv does not exist"
+    if dataset == "gtzan":
+        fake_layouts.gtzan_layout(root)
+        (root / "splits" / "valid_filtered.txt").unlink()
+        return "valid_filtered.txt"
+    if dataset == "nsynth":
+        fake_layouts.nsynth_layout(root)
+        (root / "nsynth-test" / "examples.json").unlink()
+        return "nsynth-test/examples.json does not exist"
+    if dataset == "speech_commands":
+        fake_layouts.speech_commands_layout(root)
+        for wav in (root / "speech_commands_v0.02" / "visual").glob("*.wav"):
+            wav.unlink()
+        (root / "speech_commands_v0.02" / "visual").rmdir()
+        return "lacks the word folders ['visual']"
+    rows = fake_layouts.crema_d_layout(root)
+    (root / rows[0][0]).write_text("version https://git-lfs.github.com/spec/v1\n")
+    return "Git LFS pointer"
+
+
+@pytest.mark.parametrize("dataset", datasets.DATASETS[:6])
+def test_incomplete_manual_dir_is_a_clear_error(dataset, tmp_path):
+    mention = _break(dataset, tmp_path / "copy")
+    with pytest.raises(datasets.ManualDirError, match=re.escape(mention)):
+        datasets.write_task_csv(dataset, tmp_path / "copy", tmp_path / "task.csv")
+    with pytest.raises(datasets.ManualDirError, match=re.escape(mention)):
+        datasets.build(dataset, tmp_path / "copy", tmp_path / "tfds")
+    assert not (tmp_path / "task.csv").exists()
+
+
+@pytest.mark.parametrize("dataset", datasets.DATASETS)
+def test_missing_manual_dir_says_where_to_get_the_data(dataset, tmp_path):
+    cls = datasets.BUILDERS[dataset.split("/")[0]]
+    how = cls.MANUAL_DOWNLOAD_INSTRUCTIONS.splitlines()[0]
+    with pytest.raises(datasets.ManualDirError, match=re.escape(how)):
+        datasets.write_task_csv(dataset, tmp_path / "nowhere", tmp_path / "task.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(datasets.ManualDirError, match=re.escape(how)):
+        datasets.build(dataset, tmp_path / "empty", tmp_path / "tfds")
+
+
+def test_metadata_that_contradicts_the_official_classes_is_refused(tmp_path):
+    fake_layouts.esc50_layout(tmp_path)
+    meta = tmp_path / "ESC-50-master" / "meta" / "esc50.csv"
+    meta.write_text(meta.read_text().replace(",dog,", ",wolf,", 1))
+    with pytest.raises(datasets.ManualDirError, match="official class list"):
+        datasets.write_task_csv("esc50", tmp_path, tmp_path / "task.csv")
+
+
+def test_gtzan_track_in_two_split_lists_is_refused(tmp_path):
+    fake_layouts.gtzan_layout(tmp_path)
+    train = (tmp_path / "splits" / "train_filtered.txt").read_text().splitlines()
+    with open(tmp_path / "splits" / "test_filtered.txt", "a") as f:
+        f.write(train[0] + "\n")
+    with pytest.raises(datasets.ManualDirError, match="in both the train and the test list"):
+        datasets.write_task_csv("gtzan", tmp_path, tmp_path / "task.csv")
+
+
+def test_cli_writes_the_csv_and_builds(layouts, tmp_path, capsys):
+    manual_dir, rows = layouts("nsynth")
+    out = tmp_path / "nsynth.csv"
+    argv = ["--dataset", "nsynth", "--manual_dir", str(manual_dir), "--task_csv", str(out)]
+    assert prepare.main(argv + ["--data_dir", str(tmp_path / "tfds")]) == 0
+    assert len(out.read_text().splitlines()) == len(rows) + 1
+    assert f"wrote {len(rows)} rows" in capsys.readouterr().out
+    assert (
+        prepare.main(
+            ["--dataset", "nsynth", "--manual_dir", str(tmp_path / "x"), "--task_csv", str(out)]
+        )
+        == 1
+    )
+    assert "magenta.tensorflow.org" in capsys.readouterr().err
