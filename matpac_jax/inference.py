@@ -1,0 +1,437 @@
+"""Embeddings from a MATPAC student encoder in the papers' "precise" mode (DESIGN.md section 7).
+
+  enc = Encoder.load("runs/b/export")       # an export, a training workdir, "random[:VARIANT]"
+  emb = enc.embed(wave, 16_000)             # (3840,) for one clip, (n, 3840) for a list of clips
+  out = enc.embed(waves, 44_100, layers=True, timestamps=True)   # an `Embeddings`
+
+Per clip: resample to 16 kHz (soxr HQ) -> log-mel -> normalise -> pad the frame axis with zeros to
+a multiple of 16 -> chunks of `max_frames` (608) frames -> each chunk through the student encoder,
+no masking, cls dropped -> each layer's tokens rearranged `(f t) d -> t (f d)`, one
+(F/16 * D = 3,840)-vector per 16-frame (160 ms) step -> chunks concatenated along time -> clip
+embedding = mean over the steps.
+
+Padding: the zeros are added after normalisation, i.e. the padded frames hold the corpus mean, as
+the reference does (it pads the normalised log-mel). The last, partly padded step is part of the
+mean, as in the reference. A short last chunk runs at its own length (the positional table is cut
+along time): padding it to 608 frames would change every token's attention context.
+
+Batching: the chunks of all clips in a call are grouped by length; each group runs in batches of
+at most `batch_size` chunks, the batch padded with zero rows to the next power of two. The jitted
+function so compiles once per (chunk length, bucket, output kind), not once per clip, and a clip's
+embedding does not depend on which clips share its call (up to float32 summation order, ~1e-6).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from matpac_jax import audio, checkpointing, models
+
+logger = logging.getLogger(__name__)
+
+# AudioSet log-mel statistics: the papers' normalisation (DESIGN.md section 1).
+DEFAULT_NORMALIZATION = {"mean": -7.056, "std": 4.193}
+DEFAULT_VARIANT = "B"
+ENCODER_KEYS = ("patch_embed", "cls_token", "student")
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """What `Encoder.embed(..., timestamps=True)` returns.
+
+    Attributes:
+      clip: clip embeddings, (n, E), or (n, L, E) with `layers=True`.
+      steps: one embedding per 160 ms step: (S, E) or (L, S, E) per clip.
+      times: centre time of each step in seconds, (S,) per clip.
+
+    For a single 1-D clip the leading n is dropped and `steps`, `times` are arrays; for a batch
+    they are lists over the clips (clips of different lengths have different S).
+    """
+
+    clip: np.ndarray
+    steps: np.ndarray | list[np.ndarray]
+    times: np.ndarray | list[np.ndarray]
+
+
+def _as_clips(waves: Any) -> tuple[list[np.ndarray], bool]:
+    """One 1-D clip, a 2-D (n, samples) array or a sequence of 1-D clips -> (clips, single)."""
+    if isinstance(waves, (list, tuple)):
+        clips, single = [np.asarray(w, np.float32) for w in waves], False
+    else:
+        waves = np.asarray(waves, np.float32)
+        if waves.ndim not in (1, 2):
+            raise ValueError(
+                f"audio has shape {waves.shape}: pass one mono clip (samples,), a batch "
+                "(n, samples) or a list of mono clips"
+            )
+        clips, single = ([waves], True) if waves.ndim == 1 else (list(waves), False)
+    for i, clip in enumerate(clips):
+        if clip.ndim != 1:
+            raise ValueError(f"clip {i} has shape {clip.shape}; every clip must be mono (samples,)")
+        if not np.isfinite(clip).all():
+            raise ValueError(f"clip {i} holds NaN or Inf samples")
+    return clips, single
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resamples a mono clip with soxr HQ, as `audio.load_audio` does; float32."""
+    if sample_rate != target_rate:
+        import soxr  # pylint: disable=g-import-not-at-top
+
+        wave = soxr.resample(wave, sample_rate, target_rate, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _normalized_log_mel(
+    wave: np.ndarray, sample_rate: int, fe: audio.FrontEnd, mean: float, std: float, index: int
+) -> np.ndarray:
+    """A clip at any rate -> its normalised log-mel (F, T) at the front end's rate."""
+    wave = resample(wave, sample_rate, fe.sample_rate)
+    if fe.num_frames(wave.shape[0]) == 0:
+        raise ValueError(
+            f"clip {index} has {wave.shape[0]} samples at {fe.sample_rate} Hz, fewer than the "
+            f"n_fft={fe.n_fft} one log-mel frame needs: pad it or leave it out"
+        )
+    return audio.normalize(audio.log_mel(wave, fe), mean, std)
+
+
+def _inference_model(cfg: models.ModelConfig, rngs: nnx.Rngs) -> models.MatpacModel:
+    """A MatpacModel without the parts inference never calls (predictor and heads)."""
+    model = models.MatpacModel(cfg, rngs=rngs)
+    del model.predictor, model.mcl_heads, model.cls_head
+    return model
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    # Orbax gives list indices back as string keys ('0'), nnx as ints: compare by their text.
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(np.shape(x))
+        for path, x in flat
+    }
+
+
+def _chunk_steps(graphdef, state, x, *, all_layers: bool, per_step: bool) -> jax.Array:
+    """(B, F, Tc) normalised chunks -> per-step features (B, L, Tc/16, F/16 * D) float32.
+
+    With per_step=False the steps are summed: (B, L, F/16 * D). L = 1 (the output after the
+    final LN) unless all_layers.
+    """
+    model = nnx.merge(graphdef, state)
+    z, aux = model.features(x, return_layers=all_layers)
+    z = jnp.stack(aux["layers"], axis=1) if all_layers else z[:, None]  # (B, L, 1 + N, D)
+    b, num_layers, _, d = z.shape
+    grid_f, grid_t = model.grid(x.shape)
+    steps = z[:, :, 1:].reshape(b, num_layers, grid_f, grid_t, d)  # tokens are frequency-major
+    steps = steps.transpose(0, 1, 3, 2, 4).reshape(b, num_layers, grid_t, grid_f * d)
+    return steps if per_step else steps.sum(axis=2)
+
+
+def _bucket(n: int, max_batch: int) -> int:
+    """The padded batch size for n chunks: the next power of two, at most max_batch."""
+    return min(1 << (n - 1).bit_length(), max_batch)
+
+
+class Encoder:
+    """A MATPAC student encoder that embeds audio in the papers' precise mode.
+
+    Args:
+      model_config: a `ModelConfig`, a variant name or a mapping (see `models.model_config`).
+      params: the encoder's parameters {"patch_embed", "cls_token", "student"} (pure dicts, as
+        `checkpointing.load_export` returns them).
+      front_end: log-mel parameters; the papers' by default.
+      normalization: {"mean", "std"} of the log-mels; AudioSet's by default.
+      batch_size: most chunks (of up to 608 frames) per model call.
+      dtype: compute dtype overriding the config's (e.g. "float32" for a bfloat16 export on CPU).
+    """
+
+    def __init__(
+        self,
+        model_config: Any,
+        params: Mapping[str, Any],
+        *,
+        front_end: audio.FrontEnd | None = None,
+        normalization: Mapping[str, float] | None = None,
+        batch_size: int = 32,
+        dtype: str | None = None,
+    ):
+        cfg = dataclasses.replace(models.model_config(model_config), remat=False)
+        if dtype is not None:
+            cfg = dataclasses.replace(cfg, dtype=dtype)
+        self.model_config = cfg
+        self.front_end = front_end or audio.FrontEnd(n_mels=cfg.n_mels)
+        if self.front_end.n_mels != cfg.n_mels:
+            raise ValueError(
+                f"front end has n_mels={self.front_end.n_mels} but the model expects "
+                f"{cfg.n_mels}: use the front end the encoder was trained with"
+            )
+        norm = {**DEFAULT_NORMALIZATION, **(normalization or {})}
+        self.mean, self.std = float(norm["mean"]), float(norm["std"])
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; it must be at least 1")
+        self.batch_size = batch_size
+        self.sample_rate = self.front_end.sample_rate
+        self.chunk_frames = cfg.max_frames  # 608: the pretraining crop
+        self.step_frames = cfg.patch  # 16 frames = 160 ms per embedding step
+        self.num_layers = cfg.depth
+        self.embedding_size = cfg.n_mels // cfg.patch * cfg.width  # 5 x 768 = 3,840 for ViT-B
+
+        abstract = nnx.eval_shape(lambda: _inference_model(cfg, nnx.Rngs(0)))
+        self._graphdef, state = nnx.split(abstract)
+        params = {k: params[k] for k in ENCODER_KEYS if k in params}
+        want, got = _flat_shapes(nnx.to_pure_dict(state)), _flat_shapes(params)
+        if want != got:
+            bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+            raise ValueError(
+                f"encoder parameters do not match the model config (width {cfg.width}, depth "
+                f"{cfg.depth}): first differences {bad[:5]}; load them with the config they "
+                "were saved with"
+            )
+        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+        self._state = state
+        self._run = jax.jit(
+            functools.partial(_chunk_steps, self._graphdef),
+            static_argnames=("all_layers", "per_step"),
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, spec: str, *, model_config: Any = None, seed: int = 0, **kwargs) -> Encoder:
+        """An encoder from an export dir, a training workdir or "random" / "random:VARIANT".
+
+        A workdir gives its export if it has one, else the newest checkpoint's student encoder.
+        "random" is the untrained baseline: variant B (or `model_config`), init seeded by `seed`.
+        Other keyword arguments go to the constructor (batch_size, dtype).
+        """
+        spec = str(spec)
+        if spec == "random" or spec.startswith("random:"):
+            variant = spec.partition(":")[2]
+            if variant and model_config is not None:
+                raise ValueError(f"{spec!r} names a variant and model_config is set: give one")
+            return cls.random(model_config or variant or DEFAULT_VARIANT, seed=seed, **kwargs)
+        if model_config is not None:
+            raise ValueError(
+                "model_config is only for 'random' encoders: an export or workdir brings its own"
+            )
+        path = epath.Path(spec)
+        if (path / "config.json").exists():
+            return cls.from_export(spec, **kwargs)
+        if (path / "export" / "config.json").exists():
+            return cls.from_export(str(path / "export"), **kwargs)
+        if (path / "checkpoints").exists():
+            return cls.from_checkpoint(spec, **kwargs)
+        raise FileNotFoundError(
+            f"encoder {spec!r} is neither an export (config.json + params/), a training workdir "
+            "(with export/ or checkpoints/), nor 'random' / 'random:VARIANT'"
+        )
+
+    @classmethod
+    def random(cls, model_config: Any = DEFAULT_VARIANT, seed: int = 0, **kwargs) -> Encoder:
+        """A randomly initialised encoder (the reference init; equal to the student of
+        `models.build(model_config, nnx.Rngs(seed))`): the probe's untrained baseline."""
+        cfg = models.model_config(model_config)
+        params = nnx.to_pure_dict(nnx.state(_inference_model(cfg, nnx.Rngs(seed))))
+        return cls(cfg, params, **kwargs)
+
+    @classmethod
+    def from_export(cls, path: str, **kwargs) -> Encoder:
+        """An encoder from a `checkpointing.export_encoder` directory (its front end too)."""
+        params, config = checkpointing.load_export(path)
+        return cls(
+            config["model"],
+            params,
+            front_end=audio.FrontEnd(**config["front_end"]),
+            normalization=config.get("normalization"),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str, **kwargs) -> Encoder:
+        """The student encoder of the newest checkpoint of a training workdir that restores.
+
+        The model config and normalisation come from WORKDIR/run.json; the front end is the
+        papers' (run.json does not record it: export the encoder when the front end differs).
+        """
+        workdir = epath.Path(workdir)
+        run_path = workdir / "run.json"
+        if not run_path.exists():
+            raise FileNotFoundError(
+                f"{run_path} not found: it holds the model config the checkpoints need"
+            )
+        run = json.loads(run_path.read_text())
+        cfg = models.model_config(run["model"])
+        data = run.get("config", {}).get("data", {})
+        normalization = {k: data[k] for k in ("mean", "std") if k in data}
+        params = _restore_checkpoint_params(workdir / "checkpoints")
+        return cls(cfg, params, normalization=normalization, **kwargs)
+
+    # ------------------------------------------------------------------ embedding
+
+    def step_times(self, num_steps: int) -> np.ndarray:
+        """Centre time (s) of each step: the middle of its first and last frame's samples."""
+        fe, p = self.front_end, self.step_frames
+        start = np.arange(num_steps) * p * fe.hop_length
+        return (start + ((p - 1) * fe.hop_length + fe.n_fft) / 2) / fe.sample_rate
+
+    def embed(
+        self,
+        audio_in: Any,
+        sample_rate: int,
+        *,
+        layers: bool = False,
+        timestamps: bool = False,
+        progress: bool = False,
+    ) -> np.ndarray | Embeddings:
+        """Embeds one clip or a batch of clips of any lengths (precise mode).
+
+        Args:
+          audio_in: a mono clip (samples,), a batch (n, samples) or a list of mono clips.
+          sample_rate: their sample rate; resampled to 16 kHz when it differs.
+          layers: return every layer (L = depth; the last is after the final LN).
+          timestamps: also return per-step embeddings and their times.
+          progress: show a tqdm bar over the clips.
+
+        Returns:
+          float32 clip embeddings (n, E), (n, L, E) with `layers`, without the n for a single
+          clip; an `Embeddings` if `timestamps`.
+        """
+        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+        clips, single = _as_clips(audio_in)
+        clip, steps, window = [], [], []
+        with tqdm(total=len(clips), unit="clip", desc="embed", disable=not progress) as bar:
+            for i, wave in enumerate(clips):
+                mel = _normalized_log_mel(wave, sample_rate, self.front_end, self.mean, self.std, i)
+                pad = -mel.shape[1] % self.step_frames
+                window.append(np.pad(mel, ((0, 0), (0, pad))))  # zeros in the normalised domain
+                # A window at a time: a long list never holds all its log-mels at once.
+                chunks = sum(-(-m.shape[1] // self.chunk_frames) for m in window)
+                if chunks >= 4 * self.batch_size or i == len(clips) - 1:
+                    self._run_window(window, layers, timestamps, clip, steps)
+                    bar.update(len(window))
+                    window = []
+        shape = (-1, self.num_layers, self.embedding_size) if layers else (-1, self.embedding_size)
+        clip = np.stack(clip).reshape(shape) if clip else np.zeros((0, *shape[1:]), np.float32)
+        if timestamps:
+            steps = [s if layers else s[0] for s in steps]  # (L, S, E) or (S, E)
+            times = [self.step_times(s.shape[-2]) for s in steps]
+            if single:
+                return Embeddings(clip[0], steps[0], times[0])
+            return Embeddings(clip, steps, times)
+        return clip[0] if single else clip
+
+    def _run_window(self, mels, all_layers, per_step, clip_out, steps_out) -> None:
+        """Runs the chunks of padded normalised log-mels; appends (L, E) means (and steps)."""
+        groups = collections.defaultdict(list)  # chunk length -> [(clip, chunk index, chunk)]
+        for i, mel in enumerate(mels):
+            for j, start in enumerate(range(0, mel.shape[1], self.chunk_frames)):
+                chunk = mel[:, start : start + self.chunk_frames]
+                groups[chunk.shape[1]].append((i, j, chunk))
+        outputs = [{} for _ in mels]
+        for length, items in groups.items():
+            for k in range(0, len(items), self.batch_size):
+                batch = items[k : k + self.batch_size]
+                size = _bucket(len(batch), self.batch_size)
+                x = np.zeros((size, mels[0].shape[0], length), np.float32)  # zero rows: padding
+                for row, (_, _, chunk) in enumerate(batch):
+                    x[row] = chunk
+                y = np.asarray(self._run(self._state, x, all_layers=all_layers, per_step=per_step))
+                for row, (i, j, _) in enumerate(batch):
+                    outputs[i][j] = y[row]
+        for mel, out in zip(mels, outputs):
+            num_steps = mel.shape[1] // self.step_frames
+            parts = [out[j] for j in range(len(out))]
+            if per_step:
+                steps = np.concatenate(parts, axis=1)  # (L, S, E)
+                steps_out.append(steps)
+                clip_out.append(steps.mean(axis=1, dtype=np.float64).astype(np.float32))
+            else:
+                total = np.sum(parts, axis=0, dtype=np.float64)  # (L, E) summed over steps
+                clip_out.append((total / num_steps).astype(np.float32))
+
+
+def _restore_checkpoint_params(directory: epath.Path) -> dict:
+    """The encoder params of the newest finished checkpoint under `directory` that restores."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    steps = sorted(ocp.utils.checkpoint_steps(directory), reverse=True)  # finished saves only
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {directory}")
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    failures = []
+    for step in steps:
+        path = directory / str(step) / "state"
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                tree = ckptr.metadata(path).item_metadata.tree
+            encoder = {k: tree["params"][k] for k in ENCODER_KEYS}
+            target = {
+                "params": jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), encoder
+                )
+            }
+            # Only the encoder is read: the teacher and optimiser state are left on disk.
+            args = ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=jax.tree.map(
+                    lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target
+                ),
+                partial_restore=True,
+            )
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                restored = ckptr.restore(path, args=args)
+        except Exception as e:  # pylint: disable=broad-except
+            logger.warning("checkpoint step %d in %s does not restore: %s", step, directory, e)
+            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        logger.info("loaded the student encoder of checkpoint step %d from %s", step, directory)
+        return restored["params"]
+    raise RuntimeError(f"no checkpoint in {directory} restores: {'; '.join(failures)}")
+
+
+class LogMelBaseline:
+    """The probe's log-mel baseline: per-band mean and std over time of the normalised log-mel.
+
+    Embedding: [mean over frames (F), std over frames (F)], 2 * 80 = 160 features.
+    """
+
+    def __init__(
+        self,
+        front_end: audio.FrontEnd | None = None,
+        normalization: Mapping[str, float] | None = None,
+    ):
+        self.front_end = front_end or audio.FrontEnd()
+        norm = {**DEFAULT_NORMALIZATION, **(normalization or {})}
+        self.mean, self.std = float(norm["mean"]), float(norm["std"])
+
+    @property
+    def sample_rate(self) -> int:
+        return self.front_end.sample_rate
+
+    @property
+    def embedding_size(self) -> int:
+        return 2 * self.front_end.n_mels
+
+    def embed(self, audio_in: Any, sample_rate: int, *, progress: bool = False) -> np.ndarray:
+        """Same inputs as `Encoder.embed`; (n, 2F) float32, or (2F,) for a single clip."""
+        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+        clips, single = _as_clips(audio_in)
+        out = np.zeros((len(clips), self.embedding_size), np.float32)
+        for i, clip in enumerate(tqdm(clips, unit="clip", desc="log-mel", disable=not progress)):
+            mel = _normalized_log_mel(clip, sample_rate, self.front_end, self.mean, self.std, i)
+            out[i] = np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
+        return out[0] if single else out
