@@ -116,27 +116,50 @@ def model_config(config: Union[str, Mapping[str, Any], ModelConfig, Any]) -> Mod
         raise ValueError(f"model config needs a `variant` or every size ({e})") from None
 
 
+def _dtypes(cfg: ModelConfig) -> dict:
+    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+def _encoder(cfg: ModelConfig, rngs: nnx.Rngs, *, remat: bool) -> Encoder:
+    """The student's or the teacher's encoder: same architecture, own weights."""
+    return Encoder(
+        cfg.width,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        attention_impl=cfg.attention_impl,
+        remat=remat,
+        rngs=rngs,
+        **_dtypes(cfg),
+    )
+
+
+def _cls_head(cfg: ModelConfig, rngs: nnx.Rngs, mlp_init_std: Optional[float] = None) -> ClsHead:
+    """The student's or the teacher's classification head."""
+    return ClsHead(
+        cfg.width,
+        cfg.cls_hidden,
+        cfg.cls_bottleneck,
+        cfg.cls_out,
+        freeze_wn_gain=cfg.freeze_wn_gain,
+        mlp_init_std=mlp_init_std,
+        rngs=rngs,
+        **_dtypes(cfg),
+    )
+
+
 class MatpacModel(nnx.Module):
     """Student side, every parameter trained: patch embedding, cls token, student encoder,
     predictor, MCL heads and the student cls head."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        kw = _dtypes(cfg)
         self.patch_embed = PatchEmbed(cfg.width, cfg.patch, rngs=rngs, **kw)
         self.cls_token = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1, cfg.width), kw["param_dtype"])
         )
-        self.student = Encoder(
-            cfg.width,
-            cfg.depth,
-            cfg.num_heads,
-            cfg.mlp_ratio,
-            attention_impl=cfg.attention_impl,
-            remat=cfg.remat,
-            rngs=rngs,
-            **kw,
-        )
+        self.student = _encoder(cfg, rngs, remat=cfg.remat)
         self.predictor = Predictor(
             cfg.width,
             cfg.pred_width,
@@ -149,15 +172,7 @@ class MatpacModel(nnx.Module):
             **kw,
         )
         self.mcl_heads = MclHeads(cfg.pred_width, cfg.width, cfg.num_mcl_heads, rngs=rngs, **kw)
-        self.cls_head = ClsHead(
-            cfg.width,
-            cfg.cls_hidden,
-            cfg.cls_bottleneck,
-            cfg.cls_out,
-            freeze_wn_gain=cfg.freeze_wn_gain,
-            rngs=rngs,
-            **kw,
-        )
+        self.cls_head = _cls_head(cfg, rngs)
 
     def grid(self, x_shape: tuple[int, ...]) -> tuple[int, int]:
         """(grid_f, grid_t) of an input shape (B, F, T), checked against the config."""
@@ -217,26 +232,8 @@ class Teacher(nnx.Module):
     def __init__(
         self, cfg: ModelConfig, *, cls_mlp_init_std: Optional[float] = None, rngs: nnx.Rngs
     ):
-        kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-        self.encoder = Encoder(
-            cfg.width,
-            cfg.depth,
-            cfg.num_heads,
-            cfg.mlp_ratio,
-            attention_impl=cfg.attention_impl,
-            rngs=rngs,
-            **kw,
-        )
-        self.cls_head = ClsHead(
-            cfg.width,
-            cfg.cls_hidden,
-            cfg.cls_bottleneck,
-            cfg.cls_out,
-            freeze_wn_gain=cfg.freeze_wn_gain,
-            mlp_init_std=cls_mlp_init_std,
-            rngs=rngs,
-            **kw,
-        )
+        self.encoder = _encoder(cfg, rngs, remat=False)  # no backward pass through the teacher
+        self.cls_head = _cls_head(cfg, rngs, mlp_init_std=cls_mlp_init_std)
 
     def encode(self, tokens: jax.Array, masked_idx: jax.Array, *, cls: jax.Array):
         """Teacher encoder on [cls] + masked tokens; no gradient flows in or out.
