@@ -94,7 +94,15 @@ def pretraining_config(
     c.ema.encoder = (0.99995, 0.99999)
     c.ema.cls_head = (0.998, 1.0)
 
-    c.batch_size = 2048  # global
+    c.batch_size = 2048  # global: split over every device of every process
+
+    # Devices as a (data, fsdp) mesh (matpac_jax/sharding.py); -1 takes the devices left over.
+    # The batch is split over both axes; params, teacher and optimiser state over fsdp only.
+    # (-1, 1) is plain data parallelism (the paper: 8 GPUs); raise fsdp when the state does not
+    # fit on one device (docs/launching.md has the numbers). The learning rate goes with
+    # batch_size, not with the mesh: any mesh computes the same step. Override: --config.mesh=4,4
+    c.mesh = (-1, 1)
+    c.fsdp_min_size = 2**14  # smaller leaves stay replicated (sharding.MIN_FSDP_SIZE; 0: none)
     c.total_epochs = 300.0
     c.total_steps = config_dict.placeholder(int)  # set: overrides total_epochs
 

@@ -8,6 +8,11 @@ Builds, in order: data, mesh, model and state, the jitted step, the checkpoint m
 runs the loop. Restarting with the same workdir resumes from the newest finished checkpoint
 (state and input position), and the continuation is identical to an uninterrupted run. SIGTERM
 (preemption) saves a checkpoint after the current step and exits 0.
+
+Multi-process (docs/launching.md): every process runs this same command and reads its own
+slice of the data; `--coordinator_address/--num_processes/--process_id` name the layout
+(launch/local_multiprocess.sh sets them), srun and Cloud TPU VMs are detected. Process 0 alone
+holds the workdir lock and writes logs and metrics; the processes write one checkpoint together.
 """
 
 from __future__ import annotations
@@ -16,19 +21,35 @@ import dataclasses
 import json
 import logging as pylogging
 import os
-import signal
 import time
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from matpac_jax import checkpointing, input_pipeline, metric_writer, models, optimizer
-from matpac_jax import schedules, shards, sharding, train_step as ts
+from matpac_jax import checkpointing, distributed, input_pipeline, metric_writer, models
+from matpac_jax import optimizer, schedules, shards, sharding, train_step as ts
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    distributed.MODES,
+    "join a multi-process run: auto = when --coordinator_address is given, under a multi-task "
+    "srun or Open MPI, on a Cloud TPU VM; on = always (JAX detects the layout); off = never",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (an explicit multi-process layout)"
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the explicit layout")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process in the explicit layout")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    distributed.HEARTBEAT_TIMEOUT_S,
+    "multi-process: a process silent this long is dead, and the others exit non-zero",
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -152,19 +173,29 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     logging.info("data: %s (%d records); schedule: %s", data_dir, index["num_records"], sched_info)
 
     # ---------------------------------------------------------------- mesh
-    mesh = sharding.make_mesh(tuple(config.get("mesh", (-1, 1))))
+    mesh = sharding.make_mesh(config.mesh)
     if config.batch_size % mesh.size:
         raise ValueError(
             f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
             "devices of the mesh"
         )
+    logging.info(
+        "mesh %s over %d processes (%d devices each)",
+        dict(mesh.shape),
+        num_processes,
+        jax.local_device_count(),
+    )
 
     # ---------------------------------------------------------------- model and state
     model_cfg = model_config(config, index)
     tx = optimizer.make_optimizer(config.optim, sched.lr)
     init = lambda key: ts.init_state(key, model_cfg, tx)  # noqa: E731
     abstract = jax.eval_shape(init, jax.random.key(0))
-    state_sharding = sharding.state_shardings(abstract, mesh)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp_min_size)
+    total_bytes, device_bytes = sharding.state_bytes(abstract, state_sharding)
+    logging.info(
+        "train state %.1f MiB, %.1f MiB per device", total_bytes / 2**20, device_bytes / 2**20
+    )
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
     )
@@ -173,7 +204,9 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     step_fn = jax.jit(
         ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, config.seed),
         in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-        out_shardings=(state_sharding, None),
+        # Metrics on every device: each process reads them (identical everywhere), so all
+        # take the same decisions (non-finite stop) without talking to each other.
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
         donate_argnums=0,
     )
 
@@ -193,18 +226,17 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
         logging.info("resumed from step %d", start)
     writer = metric_writer.MetricWriter(workdir, resume_step=start, enabled=process == 0)
     if process == 0:
-        _write_run_info(workdir, config, model_cfg, index, sched_info)
+        _write_run_info(workdir, config, model_cfg, index, sched_info, mesh)
 
     # ---------------------------------------------------------------- loop
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    stop = distributed.StopRequest()
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
     bar = tqdm(
         total=total_steps,
         initial=start,
         unit="step",
-        disable=process != 0,
+        disable=True if process else None,  # None: a bar on a terminal only, not in log files
         dynamic_ncols=True,
         desc="train",
     )
@@ -214,18 +246,28 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
             batch = sharding.global_batch(next(data_iter), mesh)
             state, metrics = step_fn(state, batch)
             done = step + 1
-            if done % config.log_every == 0 or done == total_steps or stop["signal"]:
+            stopping = stop(done)
+            if done % config.log_every == 0 or done == total_steps or stopping:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 rate = (done - tick_step) / max(now - tick, 1e-9)
                 last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
                 tick, tick_step = now, done
                 writer.write(done, last)
-                bar.set_postfix(
-                    loss=f"{last['loss']:.4f}",
-                    ex_s=f"{rate * config.batch_size:.0f}",
-                    refresh=False,
-                )
+                if bar.disable:
+                    logging.info(
+                        "step %d/%d: loss %.4f, %.0f examples/s",
+                        done,
+                        total_steps,
+                        last["loss"],
+                        last["examples_per_s"],
+                    )
+                else:
+                    bar.set_postfix(
+                        loss=f"{last['loss']:.4f}",
+                        ex_s=f"{last['examples_per_s']:.0f}",
+                        refresh=False,
+                    )
                 if last["skip_streak"] >= config.max_consecutive_skips:
                     raise NonFiniteError(
                         f"{int(last['skip_streak'])} non-finite steps in a row up to step "
@@ -234,8 +276,8 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
                     )
             bar.update(1)
             ckpt.save(done, state, data_iter, force=done == total_steps)
-            if stop["signal"]:
-                logging.warning("signal %d: saving step %d and exiting", stop["signal"], done)
+            if stopping:
+                logging.warning("signal %d: saving step %d and exiting", stop.signum, done)
                 ckpt.save(done, state, data_iter, force=True)
                 break
         else:
@@ -247,7 +289,7 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
         ckpt.close()
         writer.close()
         data_iter.close()
-        signal.signal(signal.SIGTERM, previous)
+        stop.close()
     return last
 
 
@@ -260,7 +302,7 @@ def _export_config(model_cfg, index, config) -> dict:
     }
 
 
-def _write_run_info(workdir, config, model_cfg, index, sched_info) -> None:
+def _write_run_info(workdir, config, model_cfg, index, sched_info, mesh) -> None:
     shards.write_json_atomic(
         os.path.join(workdir, "run.json"),
         {
@@ -269,6 +311,8 @@ def _write_run_info(workdir, config, model_cfg, index, sched_info) -> None:
             "schedule": sched_info,
             "data_records": index["num_records"],
             "devices": [str(d) for d in jax.devices()],
+            "mesh": dict(mesh.shape),
+            "processes": jax.process_count(),
             "jax": jax.__version__,
         },
     )
@@ -290,7 +334,19 @@ def main(argv):
         "jax_compilation_cache_dir",
         os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/matpac_jax/jax")),
     )
-    last = train(_CONFIG.value, _WORKDIR.value)
+    distributed.initialize(
+        _DISTRIBUTED.value,
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        heartbeat_timeout_s=_HEARTBEAT.value,
+    )
+    if jax.process_index() != 0:  # process 0 speaks for the run; the others only warn
+        logging.set_verbosity(logging.WARNING)
+    with distributed.fail_fast():
+        last = train(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() != 0:
+        return
     if last:
         print(json.dumps({k: round(v, 6) for k, v in last.items()}))
     print(f"workdir: {_WORKDIR.value} (metrics.jsonl, tensorboard/, checkpoints/, export/)")

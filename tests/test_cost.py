@@ -37,7 +37,9 @@ def test_data_parallel_mesh_splits_activations():
     four = cost.analyse(_config(), 8, (4, 1), None)
     assert four["mesh"] == {"data": 4, "fsdp": 1}
     # Each device now holds a quarter of the batch: fewer temporaries, the same state.
-    assert four["memory_per_device_gib"]["temporaries"] < one["memory_per_device_gib"]["temporaries"]
+    assert (
+        four["memory_per_device_gib"]["temporaries"] < one["memory_per_device_gib"]["temporaries"]
+    )
 
 
 def test_mesh_larger_than_host_is_refused():

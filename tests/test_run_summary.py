@@ -10,9 +10,17 @@ from matpac_jax.tools import run_summary
 def _rows(n=40, perplexity=30.0, win=(0.3, 0.3, 0.4), loss_end=1.0, skipped_at=None):
     rows = []
     for i in range(n):
-        r = {"step": 10 * (i + 1), "loss": 3.0 + (loss_end - 3.0) * i / (n - 1), "loss_pred": 1.0,
-             "loss_cls": 2.0, "cls/perplexity": perplexity, "cls/distinct_targets": 12.0,
-             "mcl_temperature": 0.1, "lr": 1e-3, "skipped": float(i == skipped_at)}
+        r = {
+            "step": 10 * (i + 1),
+            "loss": 3.0 + (loss_end - 3.0) * i / (n - 1),
+            "loss_pred": 1.0,
+            "loss_cls": 2.0,
+            "cls/perplexity": perplexity,
+            "cls/distinct_targets": 12.0,
+            "mcl_temperature": 0.1,
+            "lr": 1e-3,
+            "skipped": float(i == skipped_at),
+        }
         r.update({f"mcl/win_rate/{k}": w for k, w in enumerate(win)})
         rows.append(r)
     return rows
