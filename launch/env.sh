@@ -17,6 +17,10 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
-# JAX on a CPU-only machine: no accelerator probing noise; persistent compile cache.
-if ! command -v nvidia-smi >/dev/null 2>&1; then export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"; fi
+# JAX on a machine with no GPU (nvidia-smi) and no TPU (/dev/accel*, /dev/vfio): CPU without
+# the accelerator probing noise. Persistent compile cache everywhere.
+if ! command -v nvidia-smi >/dev/null 2>&1 && ! compgen -G "/dev/accel*" >/dev/null \
+    && [ ! -d /dev/vfio ]; then
+  export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+fi
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$ROOT/.cache/jax}"

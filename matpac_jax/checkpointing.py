@@ -178,6 +178,7 @@ class Checkpointer:
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             return None
+        self._check_process_count(steps[0])
         target = _restore_target(abstract_state)
         failures = []
         for i, step in enumerate(steps):
@@ -216,6 +217,21 @@ class Checkpointer:
             f"({summary}). Refusing to restart from step 0 over them: fix the cause (a changed "
             f"model config gives shape mismatches) or move the directory away to start afresh."
         )
+
+    def _check_process_count(self, step: int) -> None:
+        """Input positions are saved one per process: refuse another process count clearly."""
+        count = jax.process_count()
+        saved = sorted(
+            p.name
+            for p in (epath.Path(self.directory) / str(step) / "data").glob("process_*-of-*.json")
+        )
+        if saved and not any(name.endswith(f"-of-{count}.json") for name in saved):
+            written_by = saved[0].rsplit("-of-", 1)[1].removesuffix(".json")
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} was written by {written_by} "
+                f"processes, this run has {count}: the input pipeline's position is saved per "
+                f"process and cannot be split or merged. Resume with {written_by} processes."
+            )
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged steps newer than the restored one out of Orbax's sight.

@@ -115,14 +115,14 @@ def pretraining_config(
         c.model.variant = "mu" if variant == "B" else variant
         c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 64
         c.data.num_workers = 0
-        c.batch_size = 16
-        c.total_steps = 300
+        c.batch_size = 32
+        c.total_steps = 1500  # a few minutes on 2 CPU cores
         c.optim.peak_lr = 1e-3
         c.optim.warmup_epochs = 1.0
         c.loss.teacher_temp_warmup_epochs = 1.0
         c.loss.mcl_decay_from_run_length = True
         c.ema.encoder = (0.99, 0.999)  # a short run needs a teacher that moves
         c.ema.cls_head = (0.99, 1.0)
-        c.log_every = 10
-        c.checkpoint_every = 100
+        c.log_every = 25
+        c.checkpoint_every = 500
     return c

@@ -194,6 +194,17 @@ def test_worker_count_mismatch_surfaces(tmp_path, data_dir):
     assert ckpt.all_steps() == [1]  # not treated as damage
 
 
+def test_process_count_mismatch_is_a_clear_error(tmp_path, data_dir):
+    _save_steps(tmp_path, data_dir, [1, 2])
+    data = tmp_path / "checkpoints" / "2" / "data"
+    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")  # as 2 processes write
+    ckpt, it = _checkpointer(tmp_path), _iterator(data_dir)
+    with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
+        ckpt.restore_latest(_state(0), it)
+    it.close()
+    assert ckpt.all_steps() == [1, 2]  # not treated as damage
+
+
 def test_restore_onto_other_shardings(tmp_path, data_dir):
     devices = jax.devices()
     assert len(devices) == 8
