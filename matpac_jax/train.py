@@ -126,6 +126,7 @@ def model_config(config, data_index: dict) -> models.ModelConfig:
             "n_mels": data_index["front_end"]["n_mels"],
             "max_frames": config.data.crop_frames,
             "dtype": compute_dtype(m.compute_dtype),
+            "remat": m.remat,
         }
     )
 

@@ -36,6 +36,9 @@ def test_data_parallel_mesh_splits_activations():
     one = cost.analyse(_config(), 8, (1, 1), None)
     four = cost.analyse(_config(), 8, (4, 1), None)
     assert four["mesh"] == {"data": 4, "fsdp": 1}
+    # Summed over devices, the step's work is the same model work plus the replicated optimiser
+    # and EMA update, repeated on each device (a visible share only for this tiny model).
+    assert one["gflop_per_example"] < four["gflop_per_example"] < 1.2 * one["gflop_per_example"]
     # Each device now holds a quarter of the batch: fewer temporaries, the same state.
     assert (
         four["memory_per_device_gib"]["temporaries"] < one["memory_per_device_gib"]["temporaries"]

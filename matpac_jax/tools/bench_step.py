@@ -56,10 +56,13 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
     sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
     tx = optimizer.make_optimizer(config.optim, sched.lr)
     state = jax.jit(lambda k: ts.init_state(k, model_cfg, tx))(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1),
-                          (batch_size, config.data.num_mels, config.data.crop_frames))
-    step = jax.jit(ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, 0),
-                   donate_argnums=0)
+    x = jax.random.normal(
+        jax.random.key(1), (batch_size, config.data.num_mels, config.data.crop_frames)
+    )
+    step = jax.jit(
+        ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, 0),
+        donate_argnums=0,
+    )
     compiled = step.lower(state, x).compile()
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
@@ -73,9 +76,12 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
     step_s = _time(run, x, seconds=seconds)
     mm = matmul_rate(matmul_n, jnp.dtype(model_cfg.dtype), seconds=min(seconds, 5.0))
     return {
-        "device": str(jax.devices()[0]), "backend": jax.default_backend(),
-        "variant": config.model.variant, "compute_dtype": model_cfg.dtype,
-        "batch_size": batch_size, "step_ms": round(step_s * 1e3, 2),
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "variant": config.model.variant,
+        "compute_dtype": model_cfg.dtype,
+        "batch_size": batch_size,
+        "step_ms": round(step_s * 1e3, 2),
         "examples_per_s": round(batch_size / step_s, 2),
         "gflop_per_example": round(flops / batch_size / 1e9, 3),
         "step_tflop_per_s": round(flops / step_s / 1e12, 4),
@@ -85,15 +91,19 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.tools.bench_step",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m matpac_jax.tools.bench_step", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--batch_size", type=int, required=True)
     p.add_argument("--seconds", type=float, default=20.0, help="timing window of the step")
     p.add_argument("--matmul_n", type=int, default=2048)
     args = p.parse_args(argv)
-    print(json.dumps(bench(_load_config(args.config), args.batch_size, args.seconds,
-                           args.matmul_n), indent=1))
+    print(
+        json.dumps(
+            bench(_load_config(args.config), args.batch_size, args.seconds, args.matmul_n), indent=1
+        )
+    )
     return 0
 
 

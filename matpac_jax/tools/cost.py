@@ -51,34 +51,46 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
     sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
     tx = optimizer.make_optimizer(config.optim, sched.lr)
     if math.prod(mesh_shape) > jax.device_count():
-        raise ValueError(f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, this host has "
-                         f"{jax.device_count()} (run the tool as a command: it fakes them)")
+        raise ValueError(
+            f"mesh {mesh_shape} needs {math.prod(mesh_shape)} devices, this host has "
+            f"{jax.device_count()} (run the tool as a command: it fakes them)"
+        )
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[: math.prod(mesh_shape)])
     abstract = jax.eval_shape(lambda k: ts.init_state(k, model_cfg, tx), jax.random.key(0))
     state_sharding = sharding.state_shardings(abstract, mesh)
     batch = jax.ShapeDtypeStruct(
-        (batch_size, config.data.num_mels, config.data.crop_frames), jnp.float32,
-        sharding=sharding.batch_sharding(mesh))
+        (batch_size, config.data.num_mels, config.data.crop_frames),
+        jnp.float32,
+        sharding=sharding.batch_sharding(mesh),
+    )
     step = jax.jit(
         ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, 0),
-        in_shardings=(state_sharding, batch.sharding), out_shardings=(state_sharding, None),
-        donate_argnums=0)
+        in_shardings=(state_sharding, batch.sharding),
+        out_shardings=(state_sharding, None),
+        donate_argnums=0,
+    )
     compiled = step.lower(abstract, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
-    flops = float(cost["flops"])
-    counts = {k: sum(math.prod(x.shape) for x in jax.tree.leaves(abstract[k]))
-              for k in ("params", "teacher")}
+    # XLA analyses the partitioned program: one device's share of the work.
+    flops = float(cost["flops"]) * mesh.size
+    counts = {
+        k: sum(math.prod(x.shape) for x in jax.tree.leaves(abstract[k]))
+        for k in ("params", "teacher")
+    }
     out = {
-        "model": {"variant": config.model.variant, "compute_dtype": model_cfg.dtype,
-                  "num_mcl_heads": model_cfg.num_mcl_heads},
-        "batch_size": batch_size, "mesh": {"data": mesh.shape["data"],
-                                           "fsdp": mesh.shape["fsdp"]},
+        "model": {
+            "variant": config.model.variant,
+            "compute_dtype": model_cfg.dtype,
+            "num_mcl_heads": model_cfg.num_mcl_heads,
+        },
+        "batch_size": batch_size,
+        "mesh": {"data": mesh.shape["data"], "fsdp": mesh.shape["fsdp"]},
         "backend": jax.default_backend(),
         "flops_per_step": flops,
         "gflop_per_example": flops / batch_size / 1e9,
-        "bytes_accessed_per_step": float(cost.get("bytes accessed", float("nan"))),
+        "bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan"))),
         "params": counts,
     }
     if config.model.variant == "B" and config.model.num_mcl_heads == 5:
@@ -86,19 +98,27 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
         out["ratio_to_design"] = out["gflop_per_example"] / DESIGN_GFLOP_PER_EXAMPLE
     if memory is not None:
         per_device = {
-            "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-            "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
-            "generated_code": memory.generated_code_size_in_bytes}
+            "arguments": memory.argument_size_in_bytes,
+            "outputs": memory.output_size_in_bytes,
+            "temporaries": memory.temp_size_in_bytes,
+            "aliased": memory.alias_size_in_bytes,
+            "generated_code": memory.generated_code_size_in_bytes,
+        }
         # Donated state aliases its outputs: the peak is arguments + temporaries + the rest.
-        per_device["peak_estimate"] = (per_device["arguments"] + per_device["temporaries"]
-                                       + per_device["outputs"] - per_device["aliased"])
+        per_device["peak_estimate"] = (
+            per_device["arguments"]
+            + per_device["temporaries"]
+            + per_device["outputs"]
+            - per_device["aliased"]
+        )
         out["memory_per_device_gib"] = {k: round(v / 2**30, 3) for k, v in per_device.items()}
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.tools.cost",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m matpac_jax.tools.cost", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", required=True, help="e.g. configs/matpac_pp.py:variant=B")
     p.add_argument("--batch_size", type=int, required=True, help="global batch")
     p.add_argument("--mesh", default="1,1", help="data,fsdp device counts (faked on CPU)")
@@ -109,8 +129,9 @@ def main(argv=None) -> int:
         p.error("--mesh takes two positive integers: data,fsdp")
     devices = math.prod(mesh_shape)
     if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     result = analyse(_load_config(args.config), args.batch_size, mesh_shape, args.dtype)
     print(json.dumps(result, indent=1))

@@ -16,10 +16,16 @@ import sys
 
 import numpy as np
 
-COLUMNS = (("step", "{:>6.0f}"), ("loss", "{:8.4f}"), ("loss_pred", "{:9.4f}"),
-           ("loss_cls", "{:8.4f}"), ("cls/perplexity", "{:14.1f}"),
-           ("cls/distinct_targets", "{:20.0f}"), ("mcl_temperature", "{:15.2e}"),
-           ("lr", "{:9.2e}"))
+COLUMNS = (
+    ("step", "{:>6.0f}"),
+    ("loss", "{:8.4f}"),
+    ("loss_pred", "{:9.4f}"),
+    ("loss_cls", "{:8.4f}"),
+    ("cls/perplexity", "{:14.1f}"),
+    ("cls/distinct_targets", "{:20.0f}"),
+    ("mcl_temperature", "{:15.2e}"),
+    ("lr", "{:9.2e}"),
+)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -36,26 +42,38 @@ def health(rows: list[dict]) -> list[tuple[bool, str]]:
     first = float(np.mean([r["loss"] for r in rows[:tenth]]))
     last = float(np.mean([r["loss"] for r in rows[-tenth:]]))
     final = rows[-1]
-    checks = [(last < first, f"loss fell from {first:.4f} (first tenth) to {last:.4f} (last)"),
-              (final["cls/perplexity"] > 2.0,
-               f"teacher class perplexity {final['cls/perplexity']:.1f} (collapse -> 1)"),
-              (final["cls/distinct_targets"] > 1,
-               f"{final['cls/distinct_targets']:.0f} distinct teacher classes in the last batch"),
-              (sum(r["skipped"] for r in rows) == 0, "no logged step was skipped (non-finite)")]
+    checks = [
+        (last < first, f"loss fell from {first:.4f} (first tenth) to {last:.4f} (last)"),
+        (
+            final["cls/perplexity"] > 2.0,
+            f"teacher class perplexity {final['cls/perplexity']:.1f} (collapse -> 1)",
+        ),
+        (
+            final["cls/distinct_targets"] > 1,
+            f"{final['cls/distinct_targets']:.0f} distinct teacher classes in the last batch",
+        ),
+        (sum(r["skipped"] for r in rows) == 0, "no logged step was skipped (non-finite)"),
+    ]
     heads = sorted(k for k in final if k.startswith("mcl/win_rate/"))
     if len(heads) > 1:
         late = rows[-tenth:]
         rates = [float(np.mean([r[k] for r in late])) for k in heads]
         dead = [i for i, r in enumerate(rates) if r < 0.01]
-        checks.append((not dead, "win rate per head over the last tenth: "
-                       + ", ".join(f"{r:.2f}" for r in rates)
-                       + (f" (heads {dead} almost never win)" if dead else "")))
+        checks.append(
+            (
+                not dead,
+                "win rate per head over the last tenth: "
+                + ", ".join(f"{r:.2f}" for r in rates)
+                + (f" (heads {dead} almost never win)" if dead else ""),
+            )
+        )
     return checks
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m matpac_jax.tools.run_summary",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m matpac_jax.tools.run_summary", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("workdir")
     p.add_argument("--rows", type=int, default=8)
     args = p.parse_args(argv)
