@@ -44,3 +44,29 @@ def write_mel_dataset(out_dir, mels, records_per_shard=4):
         preprocess.write_shard(out_dir, name, results)
     plan = {"front_end": audio.FrontEnd().to_dict(), "min_frames": 0}
     return preprocess._finalize(out_dir, names, plan)  # pylint: disable=protected-access
+
+
+def tiny_step_parts(mcl=True, center_on="probs", lr_warmup_steps=10):
+    """(StepConfig, Schedules) of the tiny train-step tests: fast-moving, every branch reached."""
+    from matpac_jax import schedules, train_step  # pylint: disable=g-import-not-at-top
+
+    step_cfg = train_step.StepConfig(
+        mask_ratio=0.7,
+        alpha=0.5,
+        mcl=mcl,
+        mcl_threshold=1e-4,
+        student_temp=0.1,
+        center_on=center_on,
+        center_momentum=0.9,
+    )
+    sched = schedules.Schedules(
+        total_steps=100,
+        lr_warmup_steps=lr_warmup_steps,
+        tau_warmup_steps=20,
+        peak_lr=1e-3,
+        encoder_ema=(0.9, 0.99),
+        cls_head_ema=(0.8, 1.0),
+        mcl_t0=0.5,
+        mcl_decay=0.9,
+    )
+    return step_cfg, sched

@@ -13,8 +13,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import write_mel_dataset
-from matpac_jax import checkpointing, input_pipeline, models, schedules, sharding
+from conftest import tiny_step_parts, write_mel_dataset
+from matpac_jax import checkpointing, input_pipeline, models, sharding
 from matpac_jax import train_step as ts
 
 B, F, T = 8, 32, 64  # the global batch: one example per device on 8 devices
@@ -33,25 +33,7 @@ def _setup():
     model_cfg = models.model_config(
         {"variant": "mu", "num_mcl_heads": 3, "n_mels": F, "max_frames": T}
     )
-    step_cfg = ts.StepConfig(
-        mask_ratio=0.7,
-        alpha=0.5,
-        mcl=True,
-        mcl_threshold=1e-4,
-        student_temp=0.1,
-        center_on="probs",
-        center_momentum=0.9,
-    )
-    sched = schedules.Schedules(
-        total_steps=100,
-        lr_warmup_steps=2,
-        tau_warmup_steps=20,
-        peak_lr=1e-3,
-        encoder_ema=(0.9, 0.99),
-        cls_head_ema=(0.8, 1.0),
-        mcl_t0=0.5,
-        mcl_decay=0.9,
-    )
+    step_cfg, sched = tiny_step_parts(lr_warmup_steps=2)
     # The trainer's eps (1e-6): with optax's 1e-8, Adam's first steps are ~sign(g), and a
     # gradient element near 0 could flip with the reduction order.
     tx = optax.adamw(sched.lr, eps=1e-6, weight_decay=0.05)

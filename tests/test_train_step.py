@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import tiny_step_parts
 from matpac_jax import masking, models, schedules, train_step as ts
 
 B, F, T = 4, 32, 64  # grid (2, 4): 8 patches, 2 visible, 6 masked
@@ -22,25 +23,7 @@ def _setup(mcl=True, heads=3, center_on="probs"):
     model_cfg = models.model_config(
         {"variant": "mu", "num_mcl_heads": heads, "n_mels": F, "max_frames": T}
     )
-    step_cfg = ts.StepConfig(
-        mask_ratio=0.7,
-        alpha=0.5,
-        mcl=mcl,
-        mcl_threshold=1e-4,
-        student_temp=0.1,
-        center_on=center_on,
-        center_momentum=0.9,
-    )
-    sched = schedules.Schedules(
-        total_steps=100,
-        lr_warmup_steps=10,
-        tau_warmup_steps=20,
-        peak_lr=1e-3,
-        encoder_ema=(0.9, 0.99),
-        cls_head_ema=(0.8, 1.0),
-        mcl_t0=0.5,
-        mcl_decay=0.9,
-    )
+    step_cfg, sched = tiny_step_parts(mcl=mcl, center_on=center_on)
     tx = optax.adamw(sched.lr, weight_decay=0.05)
     state = ts.init_state(jax.random.key(0), model_cfg, tx)
     step = jax.jit(ts.make_train_step(model_cfg, step_cfg, sched, tx, SEED))
