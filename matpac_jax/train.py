@@ -17,6 +17,7 @@ holds the workdir lock and writes logs and metrics; the processes write one chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging as pylogging
@@ -140,14 +141,10 @@ def train(config, workdir: str) -> dict:
     """Runs (or resumes) pretraining; returns the last logged metrics."""
     process, num_processes = jax.process_index(), jax.process_count()
     os.makedirs(workdir, exist_ok=True)
-    lock = checkpointing.WorkdirLock(workdir) if process == 0 else None
-    if lock:
-        lock.__enter__()
-    try:
+    # One lock per workdir, held by process 0 (the others share its filesystem view or not).
+    lock = checkpointing.WorkdirLock(workdir) if process == 0 else contextlib.nullcontext()
+    with lock:
         return _train_locked(config, workdir, process, num_processes)
-    finally:
-        if lock:
-            lock.__exit__(None, None, None)
 
 
 def _train_locked(config, workdir, process, num_processes) -> dict:
