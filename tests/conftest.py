@@ -70,3 +70,26 @@ def tiny_step_parts(mcl=True, center_on="probs", lr_warmup_steps=10):
         mcl_decay=0.9,
     )
     return step_cfg, sched
+
+
+def subprocess_env(devices=None):
+    """Environment for a trainer run in a child process: the tests' compile cache, unbuffered
+    output, and (if given) its own number of fake CPU devices instead of this process's 8."""
+    env = dict(os.environ)
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def logged_losses(workdir):
+    """{step: loss} from a run's metrics.jsonl; a step logged twice is an error."""
+    import json  # pylint: disable=g-import-not-at-top
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), "a step was logged twice (by two processes?)"
+    return {r["step"]: r["loss"] for r in rows}

@@ -7,7 +7,6 @@ global batch is the same, whichever process reads which record: 2 processes x 2 
 up to the order of float32 reductions.
 """
 
-import json
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import write_mel_dataset
+from conftest import logged_losses, subprocess_env, write_mel_dataset
 from matpac_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,24 +53,6 @@ def _train_args(workdir, data_dir, mesh):
     ]
 
 
-def _env(devices):
-    env = dict(os.environ)
-    # conftest gives this process 8 devices; each child gets its own count.
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".cache", "jax_test")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    steps = [r["step"] for r in rows]
-    assert len(steps) == len(set(steps)), "a step was logged twice (by two processes?)"
-    return {r["step"]: r["loss"] for r in rows}
-
-
 def _finished_steps(workdir):
     directory = os.path.join(workdir, "checkpoints")
     return (
@@ -86,9 +67,11 @@ def reference(tmp_path_factory, data_dir):
     """One process, one device: the losses every layout must reproduce."""
     workdir = str(tmp_path_factory.mktemp("one_process"))
     cmd = [sys.executable, "-m", "matpac_jax.train", *_train_args(workdir, data_dir, "1,1")]
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        cmd, cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    return _losses(workdir)
+    return logged_losses(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +95,7 @@ def killed_run(tmp_path_factory, data_dir):
                 *_train_args(workdir, data_dir, "2,2"),
             ],
             cwd=ROOT,
-            env=_env(2),
+            env=subprocess_env(2),
             stdout=files[i],
             stderr=subprocess.STDOUT,
         )
@@ -153,7 +136,7 @@ def _launch(workdir, data_dir):
     return subprocess.Popen(
         ["bash", "launch/local_multiprocess.sh", "2", "--", *_train_args(workdir, data_dir, "2,2")],
         cwd=ROOT,
-        env={**_env(2), "DEVICES_PER_PROCESS": "2"},
+        env={**subprocess_env(2), "DEVICES_PER_PROCESS": "2"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -175,7 +158,7 @@ def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, r
     launcher = _launch(workdir, data_dir)
     deadline = time.time() + 300
     while time.time() < deadline and launcher.poll() is None:
-        if max(_losses(workdir)) > finished[-1]:  # stepping again
+        if max(logged_losses(workdir)) > finished[-1]:  # stepping again
             break
         time.sleep(0.05)
     launcher.send_signal(signal.SIGTERM)
@@ -188,7 +171,7 @@ def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, r
 
     out, _ = _launch(workdir, data_dir).communicate(timeout=600)
     assert _p0_says(out, f"resumed from step {stopped}"), out[-3000:]
-    losses = _losses(workdir)
+    losses = logged_losses(workdir)
     assert sorted(reference) == list(range(2, TOTAL + 1, 2))
     assert set(losses) - set(reference) <= {stopped}  # a stop logs its step too
     got, want = np.array([losses[s] for s in reference]), np.array(list(reference.values()))

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import write_mel_dataset
+from conftest import logged_losses, subprocess_env, write_mel_dataset
 from matpac_jax import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,22 +53,10 @@ def _cmd(workdir, data_dir, *extra):
     ]
 
 
-def _env():
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".cache", "jax_test")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _run(cmd, **kw):
     return subprocess.run(
-        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, **kw
+        cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600, **kw
     )
-
-
-def _losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +68,7 @@ def reference(tmp_path_factory, data_dir):
 
 
 def test_uninterrupted_run_learns_and_exports(reference):
-    losses = _losses(reference)
+    losses = logged_losses(reference)
     assert sorted(losses) == list(range(5, TOTAL + 1, 5))
     first, last = (
         np.mean([losses[s] for s in (5, 10, 15)]),
@@ -113,7 +101,7 @@ def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path
     proc = subprocess.Popen(
         _cmd(workdir, data_dir),
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -127,13 +115,13 @@ def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    stopped_at = max(_losses(workdir))
+    stopped_at = max(logged_losses(workdir))
     assert stopped_at < TOTAL, "the run finished before the signal: nothing was tested"
     assert "saving step" in err
     out = _run(_cmd(workdir, data_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in out.stderr
-    resumed, ref = _losses(workdir), _losses(reference)
+    resumed, ref = logged_losses(workdir), logged_losses(reference)
     assert all(resumed[s] == ref[s] for s in ref), {s: (resumed.get(s), ref[s]) for s in ref}
 
 
@@ -151,7 +139,7 @@ def test_damaged_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from step {TOTAL - 40}" in out.stderr
     assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints"))
-    resumed, ref = _losses(workdir), _losses(reference)
+    resumed, ref = logged_losses(workdir), logged_losses(reference)
     assert all(resumed[s] == ref[s] for s in ref)
     assert os.path.isdir(os.path.join(workdir, "export"))
 
