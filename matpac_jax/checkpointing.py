@@ -323,7 +323,7 @@ def load_export(path: str, sharding: jax.sharding.Sharding | None = None) -> tup
     Returns:
       (params, config).
     """
-    path = epath.Path(path)
+    path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))  # Orbax: absolute
     if not (path / "config.json").exists() or not (path / "params").exists():
         raise FileNotFoundError(
             f"{path} is not an encoder export (expected params/ and "

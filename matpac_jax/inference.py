@@ -37,7 +37,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from matpac_jax import audio, checkpointing, models
+from matpac_jax import audio, checkpointing, cli, models
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_NORMALIZATION = {"mean": -7.056, "std": 4.193}
 DEFAULT_VARIANT = "B"
 ENCODER_KEYS = ("patch_embed", "cls_token", "student")
+ENCODER_FORMS = (
+    "an encoder is an export folder (config.json + params/), a training workdir (with export/ "
+    "or checkpoints/), random[:VARIANT] (untrained) or logmel (log-mel statistics baseline)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,29 +218,37 @@ class Encoder:
 
         A workdir gives its export if it has one, else the newest checkpoint's student encoder.
         "random" is the untrained baseline: variant B (or `model_config`), init seeded by `seed`.
-        Other keyword arguments go to the constructor (batch_size, dtype).
+        Relative paths and `~` are resolved against the current directory. Other keyword
+        arguments go to the constructor (batch_size, dtype).
+
+        Raises:
+          cli.UserError: `spec` is none of these (the message lists the forms), or an unknown
+            variant.
         """
         spec = str(spec)
         if spec == "random" or spec.startswith("random:"):
             variant = spec.partition(":")[2]
             if variant and model_config is not None:
                 raise ValueError(f"{spec!r} names a variant and model_config is set: give one")
+            if variant and variant not in models.VARIANTS:
+                raise cli.UserError(
+                    f"encoder {spec!r}: unknown variant {variant!r}; known: "
+                    f"{', '.join(models.VARIANTS)}"
+                )
             return cls.random(model_config or variant or DEFAULT_VARIANT, seed=seed, **kwargs)
         if model_config is not None:
             raise ValueError(
                 "model_config is only for 'random' encoders: an export or workdir brings its own"
             )
-        path = epath.Path(spec)
+        path = epath.Path(cli.abspath(spec))
         if (path / "config.json").exists():
-            return cls.from_export(spec, **kwargs)
+            return cls.from_export(str(path), **kwargs)
         if (path / "export" / "config.json").exists():
             return cls.from_export(str(path / "export"), **kwargs)
         if (path / "checkpoints").exists():
-            return cls.from_checkpoint(spec, **kwargs)
-        raise FileNotFoundError(
-            f"encoder {spec!r} is neither an export (config.json + params/), a training workdir "
-            "(with export/ or checkpoints/), nor 'random' / 'random:VARIANT'"
-        )
+            return cls.from_checkpoint(str(path), **kwargs)
+        where = "no such path" if not path.exists() else "not an encoder"
+        raise cli.UserError(f"encoder {spec!r}: {where}; {ENCODER_FORMS}")
 
     @classmethod
     def random(cls, model_config: Any = DEFAULT_VARIANT, seed: int = 0, **kwargs) -> Encoder:
@@ -435,3 +447,11 @@ class LogMelBaseline:
             mel = _normalized_log_mel(clip, sample_rate, self.front_end, self.mean, self.std, i)
             out[i] = np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
         return out[0] if single else out
+
+
+def load_encoder(spec: str, **kwargs) -> Encoder | LogMelBaseline:
+    """What every command's `--encoder` takes: `logmel` (the `LogMelBaseline`), or anything
+    `Encoder.load` takes (keyword arguments go there)."""
+    if str(spec) == "logmel":
+        return LogMelBaseline()
+    return Encoder.load(spec, **kwargs)

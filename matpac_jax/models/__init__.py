@@ -5,6 +5,7 @@ from matpac_jax.models.matpac import (
     MatpacModel,
     ModelConfig,
     Teacher,
+    VARIANTS,
     build,
     decode_variant,
     forward,
@@ -24,6 +25,7 @@ from matpac_jax.models.vit import (
 )
 
 __all__ = [
+    "VARIANTS",
     "Attention",
     "Block",
     "ClsHead",

@@ -41,6 +41,7 @@ _VARIANTS = {
     ),
 }
 _COMMON = dict(mlp_ratio=4.0, cls_hidden=2048, cls_bottleneck=256, cls_out=2048)
+VARIANTS = tuple(_VARIANTS)  # the names decode_variant knows
 
 
 def decode_variant(variant: str) -> dict:

@@ -1,0 +1,259 @@
+"""The command-line boundary that every `python -m matpac_jax.*` program goes through.
+
+- Paths: every path a user gives is made absolute (and `~` expanded) once, here, so a program
+  works from any current directory (Orbax, grain workers and subprocesses need absolute paths).
+- Mistakes: a `UserError` (a missing or unwritable path, a bad flag value, a config typo) prints
+  one line, `PROG: error: MESSAGE`, and exits 2, without a traceback. A failure of the run itself
+  (a real bug, a crash) still raises with its traceback and exits 1. `--debug` or the
+  environment variable `MATPAC_DEBUG=1` shows the traceback of a `UserError` too.
+- Outputs are checked for writability before any long work starts (`output_dir`, `output_file`).
+- Progress: a bar on a terminal, plain log lines elsewhere (`progress`).
+
+Nothing here imports jax: the checks run before the slow imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Iterator, Optional, Sequence
+
+DEBUG_ENV = "MATPAC_DEBUG"
+logger = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: shown as one line, exit status 2."""
+
+
+def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
+    """True with `--debug` on the command line or MATPAC_DEBUG set to a true value."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return "--debug" in argv or env not in ("", "0", "false", "no")
+
+
+def one_line(message: object) -> str:
+    """The first line of a message, stripped (tracebacks and tool dumps stay out)."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(message).__name__
+
+
+def fail(prog: str, message: object) -> int:
+    """Prints `PROG: error: MESSAGE` on stderr; returns the exit status 2."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run(main: Callable[[Optional[Sequence[str]]], int], argv=None, *, prog: str) -> int:
+    """Calls `main(argv)` under the boundary's rules and returns the exit status.
+
+    UserError -> one line and 2 (traceback with --debug); KeyboardInterrupt -> 130; any other
+    exception propagates (traceback, exit 1).
+    """
+    quiet_jax_backend_probing()
+    try:
+        return int(main(argv) or 0)
+    except UserError as e:
+        if debug_requested(argv):
+            raise
+        return fail(prog, e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_jax_backend_probing() -> None:
+    """JAX narrates each accelerator backend it fails to find ('Unable to initialize backend
+    tpu') at INFO; on a CPU-only machine that is noise, so only its warnings are kept."""
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with `--debug`, the module docstring as help, and one-line usage errors."""
+
+    def __init__(self, prog: str, doc: Optional[str] = None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if doc:
+            kwargs.setdefault("description", doc.strip().split("\n\n")[0])
+        super().__init__(prog=prog, **kwargs)
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            help=f"show the traceback of a usage error (or set {DEBUG_ENV}=1)",
+        )
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------- paths
+
+
+def abspath(path: Optional[str]) -> Optional[str]:
+    """`~` expanded, made absolute against the current directory; None stays None."""
+    if path is None:
+        return None
+    path = os.fspath(path)
+    if "://" in path:  # gs://, s3:// ...: a URL is absolute already
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _name(flag: str, path: str, given: Optional[str]) -> str:
+    shown = given if given is not None else path
+    return f"{flag} {shown}" if flag else shown
+
+
+def input_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
+    """An existing, readable folder, as an absolute path; UserError otherwise."""
+    full = abspath(path)
+    name = _name(flag, full, path)
+    if not os.path.exists(full):
+        raise UserError(f"{name}: no such {what}")
+    if not os.path.isdir(full):
+        raise UserError(f"{name}: is a file, expected a {what}")
+    if not os.access(full, os.R_OK | os.X_OK):
+        raise UserError(f"{name}: {what} is not readable")
+    return full
+
+
+def input_file(path: str, flag: str = "", *, what: str = "file") -> str:
+    """An existing, readable file, as an absolute path; UserError otherwise."""
+    full = abspath(path)
+    name = _name(flag, full, path)
+    if not os.path.exists(full):
+        raise UserError(f"{name}: no such {what}")
+    if os.path.isdir(full):
+        raise UserError(f"{name}: is a folder, expected a {what}")
+    if not os.access(full, os.R_OK):
+        raise UserError(f"{name}: {what} is not readable")
+    return full
+
+
+def _check_creatable(full: str, name: str) -> None:
+    """The nearest existing ancestor of `full` must be a writable folder."""
+    parent = os.path.dirname(full)
+    while parent and not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if not os.path.isdir(parent):
+        raise UserError(f"{name}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: cannot be created, {parent} is not writable")
+
+
+def output_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
+    """A folder that exists and is writable, or can be created; absolute. Creates nothing."""
+    full = abspath(path)
+    name = _name(flag, full, path)
+    if "://" in full:
+        return full
+    if os.path.exists(full):
+        if not os.path.isdir(full):
+            raise UserError(f"{name}: is a file, expected a {what}")
+        if not os.access(full, os.W_OK | os.X_OK):
+            raise UserError(f"{name}: {what} is not writable")
+        return full
+    _check_creatable(full, name)
+    return full
+
+
+def output_file(path: str, flag: str = "", *, what: str = "file") -> str:
+    """A file path whose folder exists and is writable, or can be created; absolute."""
+    full = abspath(path)
+    name = _name(flag, full, path)
+    if os.path.isdir(full):
+        raise UserError(f"{name}: is a folder, expected a {what}")
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        raise UserError(f"{name}: {what} is not writable")
+    folder = os.path.dirname(full)
+    if os.path.exists(folder):
+        if not os.path.isdir(folder):
+            raise UserError(f"{name}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{name}: folder {folder} is not writable")
+    else:
+        _check_creatable(full, name)
+    return full
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str) -> Iterator[str]:
+    """Yields `path`; if the block fails and `path` did not exist before, removes what it made.
+
+    For outputs that a failed start must not leave behind (an empty workdir or output folder).
+    """
+    existed = os.path.lexists(path)
+    try:
+        yield path
+    except BaseException:
+        if not existed and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _LogProgress:
+    """tqdm's calls we use, as a log line at most every `interval` seconds and at the end."""
+
+    def __init__(self, total, desc, unit, initial=0, interval=30.0):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.interval, self._last, self._post = interval, time.monotonic(), ""
+        self.disable = True  # what tqdm says when no bar is drawn
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._last >= self.interval:
+            self._log()
+
+    def set_postfix(self, refresh: bool = True, **kwargs) -> None:
+        del refresh
+        self._post = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def write(self, message: str, file=None) -> None:
+        print(message, file=file or sys.stderr, flush=True)
+
+    def _log(self) -> None:
+        self._last = time.monotonic()
+        of = f"/{self.total}" if self.total else ""
+        post = f" ({self._post})" if self._post else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit}{post}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.n:
+            self._log()
+
+
+def progress(
+    total: Optional[int] = None,
+    *,
+    desc: str,
+    unit: str = "it",
+    initial: int = 0,
+    enabled: bool = True,
+    interval: float = 30.0,
+):
+    """A tqdm bar on a terminal; elsewhere (log files, CI) a plain line every `interval` s.
+
+    Disabled (`enabled=False`) it still counts but prints nothing.
+    """
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    bar = _LogProgress(total, desc, unit, initial=initial, interval=interval)
+    if not enabled:
+        bar.close = lambda: None  # type: ignore[method-assign]
+        bar.interval = float("inf")
+    return bar
