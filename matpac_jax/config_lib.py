@@ -63,12 +63,18 @@ def pretraining_config(
     c.model.cls_bottleneck = 256
     c.model.cls_classes = 2048
     c.model.teacher_init = "independent"  # quirk of the reference; "copy" is the textbook form
+    # quirk: the teacher cls head's MLP keeps normal(0.02) weights, the student's is xavier;
+    # "copy" starts the teacher head as an exact copy of the student's.
+    c.model.teacher_cls_init = "reference"
     c.model.freeze_wn_gain = False  # quirk: the reference trains the weight-norm gain
     c.model.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
     c.model.remat = False  # recompute each block in the backward pass: less memory, ~1/3 more FLOPs
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.alpha = 0.5  # weight of the prediction loss; 1 - alpha on classification
+    # quirk: the reference weights both losses 0.5 and alpha only drops one (1: prediction
+    # alone, 0: classification alone); alpha_weighting = "weights" gives alpha / 1 - alpha.
+    c.loss.alpha = 0.5
+    c.loss.alpha_weighting = "reference"
     c.loss.mcl = mcl
     c.loss.mcl_t0 = 0.1
     c.loss.mcl_decay = 0.99997

@@ -15,7 +15,7 @@ Order of use in a train step (z_hat from the predictor, z_m from the teacher):
   pred_tok, best, weights = mcl_prediction_loss(d, mcl_temperature)
   p_student = student_cls_head(select_hypothesis(z_hat, best))
   cls_tok, q, new_center = cls_loss_and_new_center(p_student, teacher_cls_head(z_m), center, tau)
-  total, aux = matpac_loss(pred_tok, cls_tok, alpha)
+  total, aux = matpac_loss(pred_tok, cls_tok, alpha, weighting)
 """
 
 import jax
@@ -173,32 +173,55 @@ def cls_loss_and_new_center(
     return loss_tok, q, new_center
 
 
-def matpac_loss(
-    pred_loss_tok: jax.Array, cls_loss_tok: jax.Array, alpha: float = 0.5
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """total = alpha * mean(pred) + (1 - alpha) * mean(cls), means over every masked token.
+ALPHA_WEIGHTINGS = ("reference", "weights")
 
-    A term whose weight is 0 is left out of the sum (not multiplied by 0), so alpha = 1 or 0 trains
-    on one loss even if the other is not finite, as the reference drops it.
 
-    Args:
-      pred_loss_tok: (B, M) from `mcl_prediction_loss`.
-      cls_loss_tok: (B, M) from `cls_loss_and_new_center`.
-      alpha: static weight in [0, 1]; 1 = prediction only, 0 = classification only.
+def loss_weights(alpha: float, weighting: str = "reference") -> tuple[float, float]:
+    """(weight of the prediction loss, weight of the classification loss).
 
-    Returns:
-      total scalar and aux {"loss/total", "loss/pred", "loss/cls"}.
+    quirk ("reference"): both weights are fixed at 0.5 and alpha only drops a term: alpha = 1
+    gives 0.5 * pred alone, alpha = 0 gives 0.5 * cls alone, anything between gives both at 0.5.
+    "weights" is the textbook (alpha, 1 - alpha).
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if weighting == "reference":
+        return 0.5 * (alpha > 0.0), 0.5 * (alpha < 1.0)
+    if weighting == "weights":
+        return alpha, 1.0 - alpha
+    raise ValueError(f"alpha_weighting={weighting!r}; allowed: {ALPHA_WEIGHTINGS}")
+
+
+def matpac_loss(
+    pred_loss_tok: jax.Array,
+    cls_loss_tok: jax.Array,
+    alpha: float = 0.5,
+    weighting: str = "reference",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """total = w_pred * mean(pred) + w_cls * mean(cls), means over every masked token.
+
+    The weights come from `loss_weights(alpha, weighting)`. A term whose weight is 0 is left out
+    of the sum (not multiplied by 0), so alpha = 1 or 0 trains on one loss even if the other is
+    not finite, as the reference drops it.
+
+    Args:
+      pred_loss_tok: (B, M) from `mcl_prediction_loss`.
+      cls_loss_tok: (B, M) from `cls_loss_and_new_center`.
+      alpha: static, in [0, 1]; 1 = prediction only, 0 = classification only.
+      weighting: "reference" (0.5 / 0.5, alpha only drops a term) or "weights".
+
+    Returns:
+      total scalar and aux {"loss/total", "loss/pred", "loss/cls"}.
+    """
+    w_pred, w_cls = loss_weights(alpha, weighting)
     pred = jnp.mean(pred_loss_tok.astype(_F32))
     cls = jnp.mean(cls_loss_tok.astype(_F32))
     total = jnp.zeros((), _F32)
-    if alpha > 0.0:
-        total = total + alpha * pred
-    if alpha < 1.0:
-        total = total + (1.0 - alpha) * cls
+    if w_pred > 0.0:
+        total = total + w_pred * pred
+    if w_cls > 0.0:
+        total = total + w_cls * cls
     return total, {"loss/total": total, "loss/pred": pred, "loss/cls": cls}
 
 

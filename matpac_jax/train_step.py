@@ -38,6 +38,7 @@ class StepConfig:
     student_temp: float
     center_on: str
     center_momentum: float
+    alpha_weighting: str = "reference"  # quirk: 0.5 / 0.5, alpha only drops a term
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
@@ -49,6 +50,7 @@ class StepConfig:
             student_temp=config.loss.student_temp,
             center_on=config.loss.center_on,
             center_momentum=config.loss.center_momentum,
+            alpha_weighting=config.loss.alpha_weighting,
         )
 
 
@@ -128,7 +130,7 @@ def make_train_step(
                 student_temp=step_cfg.student_temp,
                 center_momentum=step_cfg.center_momentum,
             )
-            total, loss_aux = losses.matpac_loss(pred_tok, cls_tok, step_cfg.alpha)
+            total, loss_aux = losses.matpac_loss(pred_tok, cls_tok, step_cfg.alpha, step_cfg.alpha_weighting)
             monitors = losses.collapse_monitors(best, weights, z_hat, z_m, q)
             return total, (loss_aux, monitors, new_center)
 

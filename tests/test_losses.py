@@ -245,13 +245,19 @@ def test_bad_center_on_is_a_clear_error():
 # ----- total and monitors -----
 
 
+# The reference's weights: 0.5 each, alpha only drops a term (0.3 is no weight there).
+REFERENCE_WEIGHTS = {0.5: (0.5, 0.5), 0.0: (0.0, 0.5), 1.0: (0.5, 0.0), 0.3: (0.5, 0.5)}
+
+
+@pytest.mark.parametrize("weighting", ["reference", "weights"])
 @pytest.mark.parametrize("alpha", [0.5, 0.0, 1.0, 0.3])
-def test_matpac_loss_weights_the_two_means(alpha):
+def test_matpac_loss_weights_the_two_means(alpha, weighting):
     rng = np.random.default_rng(14)
     pred = rng.uniform(0, 2, size=(4, 6)).astype(np.float32)
     cls = rng.uniform(0, 8, size=(4, 6)).astype(np.float32)
-    total, aux = losses.matpac_loss(jnp.asarray(pred), jnp.asarray(cls), alpha)
-    ref = alpha * f64(pred).mean() + (1 - alpha) * f64(cls).mean()
+    total, aux = losses.matpac_loss(jnp.asarray(pred), jnp.asarray(cls), alpha, weighting)
+    w_pred, w_cls = REFERENCE_WEIGHTS[alpha] if weighting == "reference" else (alpha, 1 - alpha)
+    ref = w_pred * f64(pred).mean() + w_cls * f64(cls).mean()
     np.testing.assert_allclose(total, ref, **TOL)
     np.testing.assert_allclose(aux["loss/pred"], f64(pred).mean(), **TOL)
     np.testing.assert_allclose(aux["loss/cls"], f64(cls).mean(), **TOL)
@@ -260,10 +266,15 @@ def test_matpac_loss_weights_the_two_means(alpha):
 def test_matpac_loss_drops_a_zero_weighted_term():
     rng = np.random.default_rng(15)
     pred = rng.uniform(0, 2, size=(2, 3)).astype(np.float32)
-    total, _ = losses.matpac_loss(jnp.asarray(pred), jnp.full((2, 3), jnp.nan), 1.0)
+    nan = jnp.full((2, 3), jnp.nan)
+    total, _ = losses.matpac_loss(jnp.asarray(pred), nan, 1.0)
+    np.testing.assert_allclose(total, 0.5 * f64(pred).mean(), **TOL)  # the reference's 0.5
+    total, _ = losses.matpac_loss(nan, jnp.asarray(pred), 0.0, "weights")
     np.testing.assert_allclose(total, f64(pred).mean(), **TOL)
     with pytest.raises(ValueError, match="alpha"):
         losses.matpac_loss(jnp.asarray(pred), jnp.asarray(pred), 1.5)
+    with pytest.raises(ValueError, match="alpha_weighting"):
+        losses.matpac_loss(jnp.asarray(pred), jnp.asarray(pred), 0.5, "textbook")
 
 
 def test_collapse_monitors():

@@ -287,7 +287,8 @@ def test_init_statistics():
         bound = np.sqrt(6.0 / sum(w.shape))
         assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
         assert abs(w.std() / (bound / np.sqrt(3)) - 1) < 0.1  # uniform(-b, b) has std b / sqrt(3)
-        np.testing.assert_array_equal(lin.bias[...], 0.0)
+        if lin is not student.patch_embed.proj:  # its bias: below
+            np.testing.assert_array_equal(lin.bias[...], 0.0)
     for _, m in nnx.iter_modules(student):
         if isinstance(m, nnx.LayerNorm):
             np.testing.assert_array_equal(m.scale[...], 1.0)
@@ -303,6 +304,10 @@ def test_init_statistics():
     np.testing.assert_array_equal(student.cls_head.last_layer.g[...], 1.0)
     for token in (student.cls_token[...], student.predictor.mask_token[...]):
         assert abs(np.std(token) / 0.02 - 1) < 0.2 and abs(np.mean(token)) < 0.005
+    # quirk: the patch bias keeps PyTorch's Conv2d default U(+-1/sqrt(256)) = U(+-1/16).
+    bias = np.asarray(student.patch_embed.proj.bias[...])
+    assert np.abs(bias).max() <= 1 / 16 and np.abs(bias).max() > 0.9 / 16
+    assert abs(bias.std() / (1 / 16 / np.sqrt(3)) - 1) < 0.2
 
 
 def _leaves(module):
@@ -310,7 +315,7 @@ def _leaves(module):
 
 
 def test_teacher_init_independent_copy_and_cls_head_copy():
-    student, teacher = build(TINY, nnx.Rngs(0))
+    student, teacher = build(dict(TINY, teacher_cls_init="copy"), nnx.Rngs(0))
     assert all(
         not np.array_equal(a, b)
         for a, b in zip(_leaves(student.student), _leaves(teacher.encoder))
@@ -330,12 +335,24 @@ def test_teacher_init_independent_copy_and_cls_head_copy():
     for a, b in zip(_leaves(student.student), _leaves(teacher.encoder)):
         np.testing.assert_array_equal(a, b)
         assert a is not b
-    # What the reference code does: teacher head MLP keeps normal(0.02), last layer shared.
-    student, teacher = build(dict(TINY, teacher_cls_init="reference"), nnx.Rngs(0))
+
+
+
+def test_cls_heads_start_as_the_reference_leaves_them():
+    """Default (quirk): the student head MLP is xavier-uniform, the teacher head MLP keeps
+    normal(0.02) weights, biases 0 in both; the weight-normalised last layer starts equal."""
+    cfg = dict(TINY, cls_hidden=512, cls_bottleneck=128)
+    student, teacher = build(cfg, nnx.Rngs(0))
     for a, b in zip(_leaves(student.cls_head.last_layer), _leaves(teacher.cls_head.last_layer)):
         np.testing.assert_array_equal(a, b)
-    w = np.asarray(teacher.cls_head.mlp[0].kernel[...])
-    assert abs(w.std() / 0.02 - 1) < 0.1
+    for s_layer, t_layer in zip(student.cls_head.mlp, teacher.cls_head.mlp):
+        s_w, t_w = np.asarray(s_layer.kernel[...]), np.asarray(t_layer.kernel[...])
+        bound = np.sqrt(6.0 / sum(s_w.shape))  # xavier-uniform: |w| <= bound, std bound/sqrt(3)
+        assert np.abs(s_w).max() <= bound and abs(s_w.std() / (bound / np.sqrt(3)) - 1) < 0.05
+        assert abs(t_w.std() / 0.02 - 1) < 0.05 and abs(t_w.mean()) < 0.002
+        assert np.abs(t_w).max() > 3 * 0.02  # a normal's tails, not a uniform's edge
+        np.testing.assert_array_equal(s_layer.bias[...], 0.0)
+        np.testing.assert_array_equal(t_layer.bias[...], 0.0)
 
 
 # ---------------------------------------------------------------- gradients and jit

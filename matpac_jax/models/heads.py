@@ -89,6 +89,8 @@ class ClsHead(nnx.Module):
       freeze_wn_gain: DINO's frozen g = 1 instead of the reference's trainable g.
       mlp_init_std: None for xavier-uniform MLP weights (the student head in the reference); a
         float for normal(std) ones (what the reference's teacher head starts from, see build()).
+        The reference's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. +-100 std: the
+        same distribution as normal(0.02) for any sample we could draw.
     """
 
     def __init__(

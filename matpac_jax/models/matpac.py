@@ -70,7 +70,7 @@ class ModelConfig:
     n_mels: int = 80
     max_frames: int = 608  # longer inputs must be chunked (DESIGN section 7)
     teacher_init: str = "independent"  # quirk: a second random draw; "copy" copies the student
-    teacher_cls_init: str = "copy"  # exact copy of the student head; "reference": see build()
+    teacher_cls_init: str = "reference"  # quirk, see build(); "copy": an exact copy
     freeze_wn_gain: bool = False  # quirk: the reference trains g; True is DINO's frozen g = 1
     dtype: str = "float32"  # compute dtype of the matmuls, "bfloat16" on accelerators
     param_dtype: str = "float32"
@@ -268,11 +268,12 @@ def build(
     """Builds (student, teacher) with the reference's initialisation.
 
     The teacher encoder is a second random draw (quirk) or, with teacher_init="copy", a copy of the
-    student encoder. The teacher cls head is an exact copy of the student's
-    (teacher_cls_init="copy", DESIGN.md). teacher_cls_init="reference" reproduces what the
-    reference code actually does: its teacher head keeps the head's own init (normal(0.02) MLP
-    weights) because only the student head is re-initialised with xavier afterwards; the
-    weight-normalised last layer (v, g) is shared.
+    student encoder. quirk (teacher_cls_init="reference", the default): the teacher cls head is
+    not a copy of the student's. The reference copies the head into its EMA wrapper and then
+    re-initialises the model, which does not reach inside the wrapper: the student head's MLP
+    becomes xavier-uniform while the teacher's keeps the head's own normal(0.02) weights; the
+    weight-normalised last layer (v, g) starts equal in both. teacher_cls_init="copy" makes the
+    teacher head an exact copy (the textbook form).
     """
     cfg = model_config(config)
     student = MatpacModel(cfg, rngs=rngs)

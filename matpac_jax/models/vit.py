@@ -36,14 +36,20 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def xavier_linear(
-    d_in: int, d_out: int, dtype, param_dtype, rngs: nnx.Rngs, kernel_init=xavier_uniform
+    d_in: int,
+    d_out: int,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+    kernel_init=xavier_uniform,
+    bias_init=zeros,
 ) -> nnx.Linear:
     """nnx.Linear with the reference init: xavier-uniform kernel, zero bias."""
     return nnx.Linear(
         d_in,
         d_out,
         kernel_init=kernel_init,
-        bias_init=zeros,
+        bias_init=bias_init,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
@@ -75,7 +81,17 @@ class PatchEmbed(nnx.Module):
     ):
         self.patch = patch
         # Xavier on the (256, D) kernel == xavier on the conv weight viewed as (D, 256).
-        self.proj = xavier_linear(patch * patch, width, dtype, param_dtype, rngs)
+        # quirk: the reference's xavier pass skips the conv bias, which keeps PyTorch's Conv2d
+        # default U(+-1/sqrt(fan_in)) = U(+-1/16).
+        bound = 1.0 / patch
+        self.proj = xavier_linear(
+            patch * patch,
+            width,
+            dtype,
+            param_dtype,
+            rngs,
+            bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, F, T) -> (B, N, D)."""
