@@ -1,7 +1,7 @@
 r"""MATPAC++ pretraining (masked latent prediction + MCL with K = 5 heads + classification).
 
 The paper's run: ViT-B, AudioSet clips >= 6 s, global batch 2048, 300 epochs (294,816 steps),
-AdamW with peak lr 3e-4, 20 warm-up epochs, EMA teachers (DESIGN.md section 5):
+AdamW with peak lr 3e-4, 20 warm-up epochs, EMA teachers (docs/method.md, section 5):
 
   python -m matpac_jax.train --config=configs/matpac_pp.py:variant=B \
       --config.data.dir=/data/audioset_mels --workdir=/ckpt/matpac_pp_b

@@ -2,6 +2,7 @@
 # Re-installs only when setup.cfg changed since the last install (a stamp records its hash).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="$PWD"  # where the user typed the command: their relative paths start there
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

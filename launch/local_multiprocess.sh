@@ -37,9 +37,10 @@ shift
 
 if [ "$DRY_RUN" = 1 ]; then
   ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  cd "$ROOT"
 else
+  CALLER_DIR="$PWD"
   source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+  cd "$CALLER_DIR"  # the trainer resolves relative paths (config, workdir, data) from here
 fi
 PY="${MATPAC_PYTHON:-python}"
 free_port() {  # one the OS is not using now (another program could take it before JAX does)

@@ -1,4 +1,4 @@
-"""Audio front end: decode, mono, resample to 16 kHz, log-mel exactly as DESIGN.md section 1.
+"""Audio front end: decode, mono, resample to 16 kHz, log-mel exactly as docs/method.md, section 1.
 
 The STFT and the mel projection are two matrix products over all frames at once (a real DFT
 matrix with the periodic Hann window folded in, then librosa's slaney filterbank), which is

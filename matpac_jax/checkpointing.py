@@ -1,6 +1,6 @@
 """Checkpoints: the train state and the input-pipeline position, saved together with Orbax.
 
-  WORKDIR/.lock                      one trainer per workdir (`WorkdirLock`)
+  WORKDIR/.lock, .lock.owner         one trainer per workdir (`matpac_jax.dirlock.DirLock`)
   WORKDIR/checkpoints/<step>/state/  the train state pytree (`ocp.args.StandardSave`)
   WORKDIR/checkpoints/<step>/data/   the input iterator's state (`grain.checkpoint.CheckpointSave`)
   WORKDIR/damaged_checkpoints/       steps that failed to restore, set aside for inspection
@@ -16,11 +16,9 @@ a step is finished when `<step>/commit_success.txt` exists. Anything named
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import socket
 import time
 from typing import Any
 
@@ -30,48 +28,11 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from matpac_jax import cli
+
 logger = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-
-class WorkdirLock:
-    """Context manager: an exclusive, non-blocking `flock` on WORKDIR/.lock.
-
-    The kernel drops the lock when the holder exits or dies, so a crashed run never leaves a
-    stale lock. Take it on process 0 only in multi-host runs; `flock` needs a local or NFS
-    workdir (not gs://).
-    """
-
-    def __init__(self, workdir: str):
-        self.workdir = os.fspath(workdir)
-        self.path = os.path.join(self.workdir, ".lock")
-        self._file = None
-
-    def __enter__(self) -> WorkdirLock:
-        os.makedirs(self.workdir, exist_ok=True)
-        f = open(self.path, "a+")  # "a+" keeps the holder's line readable until we own the lock
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "a process that has not written its id yet"
-            f.close()
-            raise RuntimeError(
-                f"workdir {self.workdir} is in use by another trainer ({holder}): stop that "
-                f"run or choose another workdir."
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        f.flush()
-        self._file = f
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-        self._file = None
 
 
 class _SavedDataState:
@@ -107,8 +68,10 @@ class Checkpointer:
     """Saves and restores {train state, input iterator} pairs under WORKDIR/checkpoints.
 
     Args:
-      workdir: the run's directory; hold a `WorkdirLock` on it first.
-      save_interval_steps: `save` writes only at multiples of this, unless forced.
+      workdir: the run's directory, absolute; hold a `dirlock.DirLock` on it first.
+      save_interval_steps: `save` writes only at multiples of this, unless forced (Orbax
+        would also save the first step it is offered; we do not: a resume after a crash
+        before the first interval starts from scratch, which costs less than the extra save).
       max_to_keep: finished steps kept; older ones are deleted.
       async_save: write arrays in a background thread. `save` still returns only after the
         arrays are copied off the device and the iterator state is captured, so the caller may
@@ -118,8 +81,9 @@ class Checkpointer:
     def __init__(
         self, workdir: str, *, save_interval_steps: int, max_to_keep: int, async_save: bool = True
     ):
-        self.workdir = epath.Path(workdir)
+        self.workdir = epath.Path(cli.abspath(workdir))  # Orbax needs absolute paths
         self.directory = self.workdir / "checkpoints"
+        self.save_interval_steps = save_interval_steps
         if jax.process_index() == 0:
             _remove_unfinished(self.directory)
         self._manager = ocp.CheckpointManager(
@@ -135,6 +99,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
         """Saves at `step` if the interval says so (or `force`); returns whether it did."""
+        if not force and step % self.save_interval_steps:
+            return False
         if force and step in self._manager.all_steps():
             return False  # already saved at this step: nothing newer to write
         args = ocp.args.Composite(
@@ -288,7 +254,7 @@ def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
         raise TypeError(
             f"export config must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}"
         ) from None
-    workdir = epath.Path(workdir)
+    workdir = epath.Path(cli.abspath(workdir))
     final, tmp, old = (workdir / n for n in ("export", ".export.tmp", ".export.old"))
     # Fixed temp names: every process of a multi-host run must name the same directory.
     if jax.process_index() == 0:
@@ -323,7 +289,7 @@ def load_export(path: str, sharding: jax.sharding.Sharding | None = None) -> tup
     Returns:
       (params, config).
     """
-    path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))  # Orbax: absolute
+    path = epath.Path(cli.abspath(path))  # Orbax needs absolute paths
     if not (path / "config.json").exists() or not (path / "params").exists():
         raise FileNotFoundError(
             f"{path} is not an encoder export (expected params/ and "

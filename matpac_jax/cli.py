@@ -93,6 +93,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def int_at_least(low: int):
+    """An argparse `type`: an integer >= `low` (a usage error, one line, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # what argparse names in its message
+    return parse
+
+
 # ---------------------------------------------------------------- paths
 
 
@@ -184,6 +200,18 @@ def output_file(path: str, flag: str = "", *, what: str = "file") -> str:
     else:
         _check_creatable(full, name)
     return full
+
+
+def make_dir(path: str, flag: str = "") -> str:
+    """Creates a folder (and its parents); a failure (permissions, a read-only or special file
+    system) is a UserError naming the folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"{_name(flag, path, None)}: cannot create it ({e.strerror or e})"
+        ) from None
+    return path
 
 
 @contextlib.contextmanager

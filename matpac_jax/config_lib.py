@@ -1,13 +1,17 @@
 """Shared pieces of the config files: argument parsing and the pretraining config builder.
 
 Config files stay documentation (their docstring holds the command); the numbers common to
-MATPAC and MATPAC++ (DESIGN.md section 5) are written once, here.
+MATPAC and MATPAC++ (docs/method.md, section 5) are written once, here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
 from ml_collections import config_dict
+
+from matpac_jax import cli
 
 # The papers' pretraining data (AudioSet clips >= 6 s); used only to state the paper schedule.
 PAPER_NUM_CLIPS = 2_012_615
@@ -32,10 +36,29 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+def load_config(spec: str, flag: str = "--config") -> ml_collections.ConfigDict:
+    """`FILE[:ARG]` -> FILE's `get_config(ARG)`, for the tools that take a config outside absl.
+
+    Raises:
+      cli.UserError: no such file, or an argument the config file refuses.
+    """
+    path, _, arg = spec.partition(":")
+    path = cli.input_file(path, flag, what="config file")
+    module_spec = importlib.util.spec_from_file_location("matpac_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise cli.UserError(f"{flag} {spec}: the file defines no get_config(arg)")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:  # parse_arg's unknown or malformed argument
+        raise cli.UserError(f"{flag} {spec}: {e}") from None
+
+
 def pretraining_config(
     *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool
 ) -> ml_collections.ConfigDict:
-    """The pretraining config of DESIGN.md (batch 2048, 300 epochs), or its `runlocal` shrink.
+    """the pretraining config of docs/method.md (batch 2048, 300 epochs), or its `runlocal` shrink.
 
     Args:
       variant: model size for `matpac_jax.models.decode_variant` ("Ti", "S", "B"; "mu" tiny).

@@ -1,4 +1,4 @@
-"""Exponential moving average of the teachers (DESIGN.md section 5).
+"""Exponential moving average of the teachers (docs/method.md, section 5).
 
 The teachers are their own pytrees, never seen by the optimiser; this update is a `jax.tree.map`
 inside the jitted step. Momenta come from `schedules.ema_momentum`.

@@ -1,4 +1,4 @@
-"""Embeddings from a MATPAC student encoder in the papers' "precise" mode (DESIGN.md section 7).
+"""Embeddings from a MATPAC student encoder in the papers' "precise" mode (docs/method.md, section 7).
 
   enc = Encoder.load("runs/b/export")       # an export, a training workdir, "random[:VARIANT]"
   emb = enc.embed(wave, 16_000)             # (3840,) for one clip, (n, 3840) for a list of clips
@@ -41,7 +41,7 @@ from matpac_jax import audio, checkpointing, cli, models
 
 logger = logging.getLogger(__name__)
 
-# AudioSet log-mel statistics: the papers' normalisation (DESIGN.md section 1).
+# AudioSet log-mel statistics: the papers' normalisation (docs/method.md, section 1).
 DEFAULT_NORMALIZATION = {"mean": -7.056, "std": 4.193}
 DEFAULT_VARIANT = "B"
 ENCODER_KEYS = ("patch_embed", "cls_token", "student")

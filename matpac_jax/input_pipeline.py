@@ -20,7 +20,7 @@ import json
 import grain
 import numpy as np
 
-from matpac_jax import shards
+from matpac_jax import cli, shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,22 @@ def pretraining_dataset(
     ds = ds.random_map(RandomCrop(crop_frames), seed=seed + 1)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.map(Normalize(mean, std))
+
+
+def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") -> None:
+    """Every record of the shards must be at least one crop long (cli.UserError naming the fix)."""
+    frames = [f for shard in index["shards"] for f in shard["frames"]]
+    if not frames:
+        raise cli.UserError("the shards hold no record: preprocessing kept no clip")
+    shortest = min(frames)
+    if shortest < crop_frames:
+        short = sum(f < crop_frames for f in frames)
+        raise cli.UserError(
+            f"{short} of {len(frames)} records are shorter than the {crop_frames}-frame crop "
+            f"(shortest {shortest}; preprocessed with --min_frames {index.get('min_frames')}): "
+            f"re-run python -m matpac_jax.preprocess with --min_frames {crop_frames}, or use "
+            f"{crop_flag}={shortest // 16 * 16}"
+        )
 
 
 class InputIterator:

@@ -1,4 +1,4 @@
-"""MATPAC++ losses (DESIGN.md section 4) and the collapse monitors of section 6.
+"""MATPAC++ losses (docs/method.md, section 4) and the collapse monitors of section 6.
 
 Pure functions of arrays. Everything is computed in float32 whatever the activations' dtype, so
 bf16 compute does not leak into softmaxes, cosines or the centre. Targets (teacher outputs, the
@@ -239,7 +239,7 @@ def _feature_std(x: jax.Array) -> jax.Array:
 def collapse_monitors(
     best: jax.Array, weights: jax.Array, z_hat: jax.Array, z_m: jax.Array, q: jax.Array
 ) -> dict[str, jax.Array]:
-    """Collapse monitors of DESIGN.md section 6 that depend only on the loss arrays.
+    """Collapse monitors of docs/method.md, section 6 that depend only on the loss arrays.
 
     Args:
       best: (B, M) winning head per token.

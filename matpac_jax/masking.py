@@ -1,4 +1,4 @@
-"""Per-example random masking of the patch grid (DESIGN.md section 3).
+"""Per-example random masking of the patch grid (docs/method.md, section 3).
 
 Each example draws uniform noise over its patches and argsorts it; the first
 `int(num_patches * (1 - mask_ratio))` patches of that shuffled order are visible to the student,

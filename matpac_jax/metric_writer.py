@@ -15,7 +15,8 @@ class MetricWriter:
     """Appends scalars; only the writing process (process 0) touches the files.
 
     On a resume from step `s`, lines logged after `s` by the interrupted run are dropped first,
-    so the file reads as one uninterrupted run.
+    so the file reads as one uninterrupted run; TensorBoard is told the same (`purge_step`: it
+    discards the interrupted run's events after `s` when it reads the log).
     """
 
     def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
@@ -28,7 +29,10 @@ class MetricWriter:
         self._truncate_after(resume_step)
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+        )
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):

@@ -1,4 +1,4 @@
-"""Linear-probe evaluation of an encoder on labelled audio tasks (DESIGN.md section 8).
+"""Linear-probe evaluation of an encoder on labelled audio tasks (docs/method.md section 8).
 
 Usage::
 
@@ -6,24 +6,23 @@ Usage::
         [--clip_seconds S] [--seeds 3] [--audio_root DIR] [--cache DIR] [--multilabel] [--lr 3e-5]
     python -m matpac_jax.probe table OUT1 OUT2 ... [--names A B ...] [--out FILE]
 
-SPEC is what `matpac_jax.inference.Encoder.load` takes (an export dir, a training workdir,
-`random`, `random:VARIANT`) or `logmel` for the log-mel baseline. A task CSV has the header
-`path,label,split` (split in train/valid/test) or `path,label,fold` (each fold in turn is the
-test set); `;` in a label makes the task multi-label. Audio paths are relative to `--audio_root`,
-else to the CSV's folder, else to its parent (the demo corpus's `DIR/tasks/*.csv` layout).
+SPEC is what `matpac_jax.inference.load_encoder` takes: an export folder, a training workdir,
+`random[:VARIANT]` or `logmel`. A task CSV has the header `path,label,split` (split in
+train/valid/test) or `path,label,fold` (each fold in turn is the test set); `;` in a label makes
+the task multi-label. Audio paths are relative to `--audio_root`, else to the CSV's folder, else
+to its parent (the demo corpus's `DIR/tasks/*.csv` layout).
 
-Every clip is loaded at 16 kHz and cut to its first S seconds or zero-padded at the end (EVAR
-cuts test clips from the start, train and valid clips at a random offset; one deterministic crop
-lets all splits share the cache). S defaults to the task's median duration rounded to 0.1 s.
-Embeddings are cached in `OUT/cache` under a hash of the encoder, the audio files and S. The
-classifier protocol is `probe_lib.evaluate` (see `docs/probe.md`). Writes `OUT/report.json`,
-`OUT/report.md` and, for single-label tasks, `OUT/confusion_TASK.png` (test counts summed over
-seeds and folds, rows normalised, true class down, predicted across).
+Every clip is loaded at 16 kHz and cut to its first S seconds or zero-padded at the end; S
+defaults to the task's median duration rounded to 0.1 s. Embeddings are cached in `OUT/cache`
+under a hash of the encoder, the audio files and S. The classifier protocol is
+`probe_lib.evaluate` (see `docs/probe.md`). Writes `OUT/report.json`, `OUT/report.md` and, for
+single-label tasks, `OUT/confusion_TASK.png`. Data that make a score misleading (a class with
+fewer than two training clips, a tested class never trained on, a classifier still improving at
+the epoch cap) are warned about on stderr and listed under `warnings` in the report.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -32,23 +31,29 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 
 import numpy as np
 
-from matpac_jax import probe_lib
+from matpac_jax import cli
 
+# probe_lib (jax, sklearn) and inference are imported inside the functions that need them, so
+# that a mistake in the inputs is answered before those slow imports.
+
+PROG = "python -m matpac_jax.probe"
 SAMPLE_RATE = 16_000
 EMBED_CHUNK = 64  # clips loaded and embedded per call: bounds memory, paces the progress bar
+SPLITS = ("train", "valid", "test")
 _CACHE_VERSION = 1
+_NAMED = 3  # missing files named in an error message; the rest are counted
 # Files in a training workdir that change while the encoder does not: left out of its fingerprint.
 _VOLATILE = ("metrics.jsonl", "tensorboard", ".lock", "damaged_checkpoints")
 
 
-def load_featurizer(spec: str):
-    """`logmel` -> `LogMelBaseline()`, anything else -> `Encoder.load(spec)`."""
-    from matpac_jax import inference  # pylint: disable=g-import-not-at-top
-
-    return inference.LogMelBaseline() if spec == "logmel" else inference.Encoder.load(spec)
+def shown(path: str) -> str:
+    """`path` relative to the current directory when under it (short messages), else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +68,7 @@ class Task:
     csv: str
     paths: list[str]  # absolute
     labels: list[tuple[str, ...]]
-    classes: list[str]
+    classes: list[str]  # sorted: the class index order (training and `confusion` rows)
     multilabel: bool
     kfold: bool
     groups: list[str]
@@ -79,11 +84,15 @@ class Task:
         return y
 
     def folds(self) -> list[str]:
-        keys = sorted(set(self.groups))
-        return sorted(keys, key=int) if all(k.lstrip("-").isdigit() for k in keys) else keys
+        from matpac_jax import probe_lib  # pylint: disable=g-import-not-at-top
 
-    def partitions(self) -> list[probe_lib.Partition]:
-        """One partition per fold, or the train/valid/test split (valid None if absent)."""
+        return probe_lib.natural_order(set(self.groups))
+
+    def partitions(self) -> list:
+        """One `probe_lib.Partition` per fold, or the train/valid/test split (valid None if
+        absent)."""
+        from matpac_jax import probe_lib  # pylint: disable=g-import-not-at-top
+
         g = np.array(self.groups)
         if self.kfold:
             return [
@@ -94,41 +103,38 @@ class Task:
         train, test = np.flatnonzero(g == "train"), np.flatnonzero(g == "test")
         return [probe_lib.Partition(train, valid if len(valid) else None, test)]
 
+    def partition_names(self) -> list[str]:
+        """`fold K` per partition of a k-fold task; one empty name for a split task."""
+        return [f"fold {k}" for k in self.folds()] if self.kfold else [""]
+
 
 def read_task(csv_path: str, audio_root: str | None = None, multilabel: bool | None = None) -> Task:
-    """Reads `path,label,split` or `path,label,fold`; `multilabel` None -> any `;` in a label."""
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
-    group = "fold" if "fold" in header else "split"
-    if not {"path", "label", group} <= set(header):
-        raise ValueError(f"{csv_path}: header {header} needs path,label,split or path,label,fold")
-    if not rows:
-        raise ValueError(f"{csv_path}: no rows")
+    """Reads `path,label,split` or `path,label,fold`; `multilabel` None -> any `;` in a label.
+
+    Raises:
+      cli.UserError: the CSV is missing or malformed, or names audio files that do not exist.
+    """
+    path = cli.input_file(csv_path, what="task CSV")
+    header, rows = _read_rows(path)
+    name = shown(path)
+    group = _check_columns(name, header)
     groups = [r[group] for r in rows]
-    if group == "split":
-        bad = sorted(set(groups) - {"train", "valid", "test"})
-        if bad:
-            raise ValueError(f"{csv_path}: split values {bad}; use train, valid or test")
-        if "train" not in groups or "test" not in groups:
-            raise ValueError(f"{csv_path}: needs both train and test rows")
-    elif len(set(groups)) < 2:
-        raise ValueError(f"{csv_path}: a k-fold task needs at least two folds")
+    _check_groups(name, group, groups)
     if multilabel is None:
         multilabel = any(";" in r["label"] for r in rows)
     if not multilabel and any(not r["label"] for r in rows):
-        raise ValueError(f"{csv_path}: rows with an empty label; give every clip one")
+        line = 2 + next(i for i, r in enumerate(rows) if not r["label"])
+        raise cli.UserError(f"{name}: line {line} has an empty label; give every clip one")
     labels = [
         tuple(s for s in (p.strip() for p in r["label"].split(";")) if s)
         if multilabel
         else (r["label"],)
         for r in rows
     ]
-    root = _audio_root(csv_path, [r["path"] for r in rows], audio_root)
+    root = _audio_root(name, os.path.dirname(path), [r["path"] for r in rows], audio_root)
     return Task(
-        name=os.path.splitext(os.path.basename(csv_path))[0],
-        csv=os.path.abspath(csv_path),
+        name=os.path.splitext(os.path.basename(path))[0],
+        csv=path,
         paths=[os.path.abspath(os.path.join(root, r["path"])) for r in rows],
         labels=labels,
         classes=sorted({c for row in labels for c in row}),
@@ -138,18 +144,64 @@ def read_task(csv_path: str, audio_root: str | None = None, multilabel: bool | N
     )
 
 
-def _audio_root(csv_path: str, rel_paths: list[str], audio_root: str | None) -> str:
+def _read_rows(path: str) -> tuple[list[str], list[dict]]:
+    """The stripped header and rows of a CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise cli.UserError(f"{shown(path)}: not a readable CSV text file ({e})") from e
+    return header, rows
+
+
+def _check_columns(name: str, header: list[str]) -> str:
+    """The grouping column, `split` or `fold`; UserError naming required and found columns."""
+    group = "fold" if "fold" in header else "split"
+    if not {"path", "label", group} <= set(header):
+        found = ", ".join(header) if header else "none (empty file)"
+        raise cli.UserError(
+            f"{name}: needs the columns path,label,split or path,label,fold; found: {found}"
+        )
+    return group
+
+
+def _check_groups(name: str, group: str, groups: list[str]) -> None:
+    """Split names known and train and test present; or at least two folds."""
+    if not groups:
+        raise cli.UserError(f"{name}: no rows under the header")
+    if group == "fold":
+        if len(set(groups)) < 2:
+            raise cli.UserError(f"{name}: a k-fold task needs at least two folds, found only one")
+        return
+    bad = sorted(set(groups) - set(SPLITS))
+    if bad:
+        line = 2 + next(i for i, g in enumerate(groups) if g in bad)
+        raise cli.UserError(
+            f"{name}: unknown split {', '.join(map(repr, bad))} (first at line {line}); "
+            f"allowed: {', '.join(SPLITS)}"
+        )
+    for need in ("train", "test"):
+        if need not in groups:
+            raise cli.UserError(f"{name}: no {need} rows; a split task needs train and test rows")
+
+
+def _audio_root(name: str, here: str, rel_paths: list[str], audio_root: str | None) -> str:
     """The folder the CSV's paths are relative to (see the module docstring)."""
-    here = os.path.dirname(os.path.abspath(csv_path))
-    candidates = [audio_root] if audio_root else [here, os.path.dirname(here)]
+    candidates = [cli.abspath(audio_root)] if audio_root else [here, os.path.dirname(here)]
+    missing = {}
     for root in candidates:
-        missing = [p for p in rel_paths if not os.path.exists(os.path.join(root, p))]
-        if not missing:
+        missing[root] = [p for p in rel_paths if not os.path.isfile(os.path.join(root, p))]
+        if not missing[root]:
             return root
-    raise FileNotFoundError(
-        f"{csv_path}: {len(missing)} of {len(rel_paths)} audio files not found, e.g. "
-        f"{missing[0]!r} under "
-        f"{' or '.join(candidates)}; pass --audio_root DIR (paths are relative to it)"
+    root = min(candidates, key=lambda r: len(missing[r]))  # the likelier root: fewer missing
+    first = ", ".join(repr(p) for p in missing[root][:_NAMED])
+    more = f" and {len(missing[root]) - _NAMED} more" if len(missing[root]) > _NAMED else ""
+    hint = "" if audio_root else "; pass --audio_root DIR (the CSV's paths are relative to it)"
+    raise cli.UserError(
+        f"{name}: {len(missing[root])} of {len(rel_paths)} audio files not found under "
+        f"{' or '.join(map(shown, candidates))}: {first}{more}{hint}"
     )
 
 
@@ -162,8 +214,28 @@ def median_seconds(paths: list[str]) -> float:
         try:
             durations.append(sf.info(p).duration)
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise ValueError(f"cannot read the header of {p}: {e}; pass --clip_seconds") from e
+            raise cli.UserError(
+                f"cannot read the header of {shown(p)}: {e}; fix the file or pass --clip_seconds"
+            ) from e
     return max(0.1, round(float(np.median(durations)), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings about data that make a score misleading.
+
+
+def data_warnings(task: Task) -> list[str]:
+    """Classes with fewer than two training clips, or tested but never trained on, per fold."""
+    from matpac_jax import probe_lib  # pylint: disable=g-import-not-at-top
+
+    y = task.targets()
+    onehot = y > 0 if task.multilabel else np.eye(len(task.classes), dtype=bool)[y]
+    return probe_lib.class_warnings(onehot, task.partitions(), task.classes, task.partition_names())
+
+
+def warn(task: str, message: str) -> None:
+    """One warning line on stderr."""
+    print(f"{PROG}: warning: {task}: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,19 +256,15 @@ def _load_clip(path: str, num_samples: int) -> np.ndarray:
     try:
         return fix_length(audio.load_audio(path, SAMPLE_RATE), num_samples)
     except audio.AudioError as e:
-        raise ValueError(f"cannot load {path}: {e}; fix or drop it from the task CSV") from e
+        raise cli.UserError(f"cannot load {shown(path)}: {e}; fix or drop it from the CSV") from e
 
 
 def embed_clips(featurizer, paths: list[str], num_samples: int, desc: str = "") -> np.ndarray:
     """(n, D) float32 embeddings of fixed-length clips; loading overlaps with embedding."""
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
     chunks = [paths[i : i + EMBED_CHUNK] for i in range(0, len(paths), EMBED_CHUNK)]
     out = []
-    with (
-        concurrent.futures.ThreadPoolExecutor(4) as pool,
-        tqdm(total=len(paths), desc=desc, unit="clip") as bar,
-    ):
+    bar = cli.progress(len(paths), desc=desc, unit="clip")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[0]]
         for i in range(len(chunks)):
             waves = [f.result() for f in pending]
@@ -210,6 +278,7 @@ def embed_clips(featurizer, paths: list[str], num_samples: int, desc: str = "") 
                 )
             out.append(e)
             bar.update(len(waves))
+    bar.close()
     return np.concatenate(out)
 
 
@@ -231,18 +300,23 @@ def encoder_fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
-def cached_embeddings(task: Task, spec: str, clip_seconds: float, cache_dir: str, get_featurizer):
-    """Embeddings of every row of `task`, from `cache_dir` when the same inputs were seen."""
+def cache_file(task: Task, spec: str, clip_seconds: float, cache_dir: str) -> str:
+    """Where the embeddings of `task` by `spec` at `clip_seconds` are cached."""
     num_samples = round(clip_seconds * SAMPLE_RATE)
     key = f"{_CACHE_VERSION}|{encoder_fingerprint(spec)}|{num_samples}|{SAMPLE_RATE}|"
     h = hashlib.sha256((key + "".join(f"{p}:{_stamp(p)};" for p in task.paths)).encode())
     # Named by content only, so tasks over the same clips (the demo's timbre and pitch) share it.
-    path = os.path.join(cache_dir, f"emb-{clip_seconds:g}s-{h.hexdigest()[:16]}.npz")
+    return os.path.join(cache_dir, f"emb-{clip_seconds:g}s-{h.hexdigest()[:16]}.npz")
+
+
+def cached_embeddings(task: Task, path: str, clip_seconds: float, featurizer) -> np.ndarray:
+    """Embeddings of every row of `task`: read from `path`, or computed and written there."""
     if os.path.exists(path):
         with np.load(path) as z:
             return z["embeddings"]
-    emb = embed_clips(get_featurizer(), task.paths, num_samples, desc=f"embed {task.name}")
-    os.makedirs(cache_dir, exist_ok=True)
+    num_samples = round(clip_seconds * SAMPLE_RATE)
+    emb = embed_clips(featurizer, task.paths, num_samples, desc=f"embed {task.name}")
+    cli.make_dir(os.path.dirname(path))
     with open(path + ".tmp", "wb") as f:
         np.savez(f, embeddings=emb, paths=np.array(task.paths))
     os.replace(path + ".tmp", path)
@@ -250,7 +324,7 @@ def cached_embeddings(task: Task, spec: str, clip_seconds: float, cache_dir: str
 
 
 # ---------------------------------------------------------------------------------------------
-# Running and reporting.
+# Running.
 
 
 def run(
@@ -264,36 +338,68 @@ def run(
     cache_dir: str | None = None,
     multilabel: bool | None = None,
     featurizer=None,
-    cfg: probe_lib.ProbeConfig | None = None,
+    cfg=None,
 ) -> dict:
     """Probes `spec` on every task and writes OUT/report.json, report.md and confusion PNGs.
 
+    The task CSVs, audio files and encoder are checked before anything is written. If probing
+    fails, OUT is removed when this run created it and it holds no embedding cache.
+
     Args:
-      featurizer: an object with `.embed(audio, sample_rate)`; None -> `load_featurizer(spec)`,
-        loaded only if some embeddings are not cached.
-      cfg: classifier hyperparameters; None -> the protocol's.
+      featurizer: an object with `.embed(audio, sample_rate)`; None ->
+        `inference.load_encoder(spec)`, loaded only if some embeddings are not cached.
+      cfg: a `probe_lib.ProbeConfig`, or a dict of fields overriding the protocol's; None -> the
+        protocol's.
+
+    Raises:
+      cli.UserError: a bad input (task CSV, audio file, encoder spec, unwritable output).
     """
-    cfg = cfg or probe_lib.ProbeConfig()
+    out = cli.output_dir(out)
+    cache_dir = cli.output_dir(cache_dir or os.path.join(out, "cache"))
     tasks = [read_task(t, audio_root, multilabel) for t in task_csvs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
-        raise ValueError(
-            f"task CSVs share a file name ({names}); rename them: the name is the task"
+        raise cli.UserError(
+            f"task CSVs share a file name ({', '.join(names)}): the name is the task"
         )
-    os.makedirs(out, exist_ok=True)
-    cache_dir = cache_dir or os.path.join(out, "cache")
-    loaded = [featurizer]
+    secs = [clip_seconds or median_seconds(t.paths) for t in tasks]
+    files = [cache_file(t, spec, s, cache_dir) for t, s in zip(tasks, secs)]
+    if featurizer is None and not all(map(os.path.exists, files)):
+        from matpac_jax import inference  # pylint: disable=g-import-not-at-top
 
-    def get_featurizer():
-        if loaded[0] is None:
-            loaded[0] = load_featurizer(spec)
-        return loaded[0]
+        featurizer = inference.load_encoder(spec)
+    # Warned once every input is known good, so a mistake is still answered by one line.
+    warnings = {t.name: data_warnings(t) for t in tasks}
+    for t in tasks:
+        for w in warnings[t.name]:
+            warn(t.name, w)
+    embeddings = [cached_embeddings(*a, featurizer) for a in zip(tasks, files, secs)]
 
-    entries = []
-    for task in tasks:
-        secs = clip_seconds or median_seconds(task.paths)
-        emb = cached_embeddings(task, spec, secs, cache_dir, get_featurizer)
-        start = time.time()
+    from matpac_jax import probe_lib  # pylint: disable=g-import-not-at-top
+
+    if not isinstance(cfg, probe_lib.ProbeConfig):
+        cfg = probe_lib.ProbeConfig(**(cfg or {}))
+    with cli.removed_on_failure(out):
+        cli.make_dir(out)
+        entries = []
+        for task, emb, s in zip(tasks, embeddings, secs):
+            entry = probe_task(task, emb, spec, s, seeds, cfg, out, warnings[task.name])
+            print(f"{task.name}: {entry['metric']} {_cell(entry)} ({entry['probe_seconds']} s)")
+            entries.append(entry)
+        report = {"encoder": spec, "protocol": dataclasses.asdict(cfg), "tasks": entries}
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write(render_report(report))
+    return report
+
+
+def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict:
+    """The report entry of one task (its confusion PNG written to `out`)."""
+    from matpac_jax import probe_lib  # pylint: disable=g-import-not-at-top
+
+    start = time.time()
+    try:
         result = probe_lib.evaluate(
             emb,
             task.targets(),
@@ -302,32 +408,41 @@ def run(
             seeds=tuple(range(seeds)),
             cfg=cfg,
         )
-        entry = {
-            "task": task.name,
-            "csv": task.csv,
-            "encoder": spec,
-            "metric": "mAP" if task.multilabel else "accuracy",
-            "multilabel": task.multilabel,
-            "classes": task.classes,
-            "folds": task.folds() if task.kfold else None,
-            "clip_seconds": secs,
-            "embedding_dim": int(emb.shape[1]),
-            "seeds": list(range(seeds)),
-            **result,
-            "probe_seconds": round(time.time() - start, 2),
-        }
-        if not task.multilabel:
-            entry["confusion_png"] = f"confusion_{task.name}.png"
-            with open(os.path.join(out, entry["confusion_png"]), "wb") as f:
-                f.write(probe_lib.heatmap_png(np.array(result["confusion"])))
-        entries.append(entry)
-        print(f"{task.name}: {entry['metric']} {_cell(entry)} ({entry['probe_seconds']} s)")
-    report = {"encoder": spec, "protocol": dataclasses.asdict(cfg), "tasks": entries}
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(render_report(report))
-    return report
+    except probe_lib.DataError as e:
+        raise cli.UserError(f"{task.name}: {e}") from e
+    capped = probe_lib.cap_warnings(result, list(range(seeds)), task.partition_names(), cfg)
+    for w in capped:
+        warn(task.name, w)
+    entry = {
+        "task": task.name,
+        "csv": task.csv,
+        "encoder": spec,
+        "metric": "mAP" if task.multilabel else "accuracy",
+        "multilabel": task.multilabel,
+        "classes": task.classes,
+        "folds": task.folds() if task.kfold else None,
+        "clip_seconds": clip_seconds,
+        "embedding_dim": int(emb.shape[1]),
+        "seeds": list(range(seeds)),
+        **result,
+        "probe_seconds": round(time.time() - start, 2),
+        "warnings": warnings + capped,
+    }
+    if not task.multilabel:
+        entry["confusion_png"] = f"confusion_{task.name}.png"
+        runs = f"{seeds} seed{'s' * (seeds > 1)}" + (f" x {len(task.folds())} folds" * task.kfold)
+        probe_lib.plot_confusion(
+            np.array(result["confusion"]),
+            task.classes,
+            os.path.join(out, entry["confusion_png"]),
+            title=f"{task.name}, encoder {spec}: {entry['metric']} {_cell(entry)} %\n"
+            f"test counts summed over {runs}",
+        )
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports.
 
 
 def _cell(entry: dict) -> str:
@@ -337,7 +452,7 @@ def _cell(entry: dict) -> str:
 
 
 def render_report(report: dict) -> str:
-    """Markdown: one row per task of one report."""
+    """Markdown: one row per task, then the warnings and the confusion matrices."""
     lines = [
         f"# Linear probe: `{report['encoder']}`",
         "",
@@ -354,7 +469,17 @@ def render_report(report: dict) -> str:
             f"| {e['task']}{folds} | {e['metric']} | {_cell(e)} | {sizes} | "
             f"{e['clip_seconds']:g} | {e['embedding_dim']} | {epochs} |"
         )
-    return "\n".join(lines) + "\n"
+    warned = [(e["task"], w) for e in report["tasks"] for w in e.get("warnings", [])]
+    if warned:
+        lines += ["", "## Warnings", ""] + [f"- {t}: {w}" for t, w in warned]
+    pngs = [e for e in report["tasks"] if e.get("confusion_png")]
+    if pngs:
+        lines += ["", "## Confusion matrices", ""]
+        for e in pngs:
+            # A relative link: the report and its pictures move together.
+            link = urllib.parse.quote(e["confusion_png"])
+            lines += [f"### {e['task']}", "", f"![confusion matrix of {e['task']}]({link})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def render_table(reports: list[dict], names: list[str] | None = None) -> str:
@@ -377,36 +502,32 @@ def render_table(reports: list[dict], names: list[str] | None = None) -> str:
 
 
 def load_report(path: str) -> dict:
-    """A report.json, or the folder holding one."""
-    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
-    if not os.path.exists(file):
-        raise FileNotFoundError(f"no report at {file}; run `python -m matpac_jax.probe` first")
-    with open(file) as f:
-        return json.load(f)
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["table"]:
-        p = argparse.ArgumentParser(
-            prog="python -m matpac_jax.probe table",
-            description="Markdown table of several probe reports: encoders x tasks.",
+    """A report.json, or the folder holding one; UserError if there is none or it is not one."""
+    full = cli.abspath(path)
+    if not os.path.exists(full):
+        raise cli.UserError(f"{path}: no such report folder")
+    file = os.path.join(full, "report.json") if os.path.isdir(full) else full
+    if not os.path.isfile(file):
+        raise cli.UserError(
+            f"{path}: no report.json in this folder; write one with `{PROG} ... --out {path}`"
         )
-        p.add_argument("reports", nargs="+", help="OUT folders (or report.json files)")
-        p.add_argument("--names", nargs="+", help="column titles (default: encoder specs)")
-        p.add_argument("--out", help="also write the table to this file")
-        args = p.parse_args(argv[1:])
-        table = render_table([load_report(r) for r in args.reports], args.names)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(table)
-        print(table, end="")
-        return 0
-    p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.probe",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Compare reports: python -m matpac_jax.probe table OUT1 OUT2 ...",
+    try:
+        with open(file, encoding="utf-8") as f:
+            report = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise cli.UserError(f"{path}: not a probe report ({e})") from e
+    if not isinstance(report, dict) or not isinstance(report.get("tasks"), list):
+        raise cli.UserError(f"{path}: not a probe report (no task list)")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
+        PROG, __doc__, epilog=f"Compare reports: {PROG} table OUT1 OUT2 ... (see table --help)"
     )
     p.add_argument("--encoder", required=True, help="export dir, workdir, random[:VARIANT], logmel")
     p.add_argument("--task_csv", required=True, action="append", help="repeat for several tasks")
@@ -416,25 +537,68 @@ def main(argv=None) -> int:
     p.add_argument("--audio_root", help="folder the CSV paths are relative to")
     p.add_argument("--cache", help="embedding cache folder (default OUT/cache)")
     p.add_argument("--multilabel", action="store_true", help="force multi-label (else: any ';')")
-    p.add_argument(
-        "--lr", type=float, default=3e-5, help="Adam learning rate (3e-5 is the protocol's)"
-    )
-    args = p.parse_args(argv)
-    if args.seeds < 1 or args.lr <= 0 or (args.clip_seconds is not None and args.clip_seconds <= 0):
-        p.error("--seeds must be >= 1, --lr and --clip_seconds > 0")
+    p.add_argument("--lr", type=float, default=3e-5, help="Adam learning rate (protocol: 3e-5)")
+    return p
+
+
+def _check_numbers(args) -> None:
+    if args.seeds < 1:
+        raise cli.UserError(f"--seeds {args.seeds}: must be at least 1")
+    if not args.lr > 0:
+        raise cli.UserError(f"--lr {args.lr:g}: must be greater than 0")
+    if args.clip_seconds is not None and not args.clip_seconds > 0:
+        raise cli.UserError(f"--clip_seconds {args.clip_seconds:g}: must be greater than 0")
+
+
+def _probe_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    _check_numbers(args)
+    # Every path made absolute and checked here, before the slow imports and any embedding.
+    task_csvs = [cli.input_file(t, "--task_csv", what="task CSV") for t in args.task_csv]
+    audio_root = args.audio_root and cli.input_dir(args.audio_root, "--audio_root")
+    out = cli.output_dir(args.out, "--out")
+    cache = args.cache and cli.output_dir(args.cache, "--cache")
     run(
         args.encoder,
-        args.task_csv,
-        args.out,
+        task_csvs,
+        out,
         clip_seconds=args.clip_seconds,
         seeds=args.seeds,
-        audio_root=args.audio_root,
-        cache_dir=args.cache,
+        audio_root=audio_root,
+        cache_dir=cache,
         multilabel=args.multilabel or None,
-        cfg=probe_lib.ProbeConfig(learning_rate=args.lr),
+        cfg={"learning_rate": args.lr},
     )
-    print(f"-> {os.path.join(args.out, 'report.md')}")
+    print(f"-> {shown(os.path.join(out, 'report.md'))}")
     return 0
+
+
+def _table_main(argv: list[str]) -> int:
+    p = cli.ArgumentParser(f"{PROG} table", "Markdown table of probe reports: encoders x tasks.")
+    p.add_argument("reports", nargs="+", help="OUT folders (or report.json files)")
+    p.add_argument("--names", nargs="+", help="column titles (default: encoder specs)")
+    p.add_argument("--out", help="also write the table to this file")
+    args = p.parse_args(argv)
+    out = args.out and cli.output_file(args.out, "--out")
+    if args.names and len(args.names) != len(args.reports):
+        raise cli.UserError(f"--names: {len(args.names)} names for {len(args.reports)} reports")
+    table = render_table([load_report(r) for r in args.reports], args.names)
+    if out:
+        cli.make_dir(os.path.dirname(out))
+        with open(out, "w") as f:
+            f.write(table)
+    print(table, end="")
+    return 0
+
+
+def _main(argv) -> int:
+    argv = list(argv)
+    return _table_main(argv[1:]) if argv[:1] == ["table"] else _probe_main(argv)
+
+
+def main(argv=None) -> int:
+    """`python -m matpac_jax.probe [table] ...`; returns the exit status."""
+    return cli.run(_main, sys.argv[1:] if argv is None else list(argv), prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Linear-probe numerics (DESIGN.md section 8, EVAR style): pure functions of arrays and seeds.
+"""Linear-probe numerics (docs/method.md section 8, EVAR style): pure functions of arrays and seeds.
 
 `evaluate` runs the whole protocol on fixed embeddings: for every seed and every partition
 (one train/valid/test split, or one per k-fold fold) it standardises with statistics of the
@@ -8,6 +8,9 @@ best weights and scores the test rows. `probe.py` wraps it with audio, caching a
 Training speed: one epoch is a single jitted `lax.scan` over minibatches (a fresh permutation per
 epoch from `fold_in(key, epoch)`); the early-stopping bookkeeping stays on the host, one small
 device-to-host copy of validation logits per epoch.
+
+Standardisation, the stratified hold-out, average precision and confusion matrices are
+scikit-learn's (the library EVAR uses), so the numbers are the field's own definitions.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import struct
-import zlib
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from sklearn import metrics
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,32 +47,33 @@ class ProbeConfig:
 # Standardisation, hold-out, metrics.
 
 
-class Scaler(NamedTuple):
-    """Per-feature affine map x -> (x - mean) / scale, as sklearn's StandardScaler."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale).astype(np.float32)
+class DataError(ValueError):
+    """The task's data cannot be evaluated as asked (a fixable input problem, not a bug)."""
 
 
-def fit_scaler(x: np.ndarray) -> Scaler:
-    """Mean and population std (ddof 0) in float64; constant features get scale 1."""
-    x = np.asarray(x, np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    return Scaler(mean, np.where(std > 0, std, 1.0))
+def fit_scaler(x: np.ndarray) -> StandardScaler:
+    """sklearn's StandardScaler fitted in float64: per-feature mean and population std (ddof 0);
+    constant features get scale 1."""
+    return StandardScaler().fit(np.asarray(x, np.float64))
+
+
+def standardize(scaler: StandardScaler, x: np.ndarray) -> np.ndarray:
+    """`scaler` applied in float64, returned as float32 (what the classifier trains on)."""
+    return scaler.transform(np.asarray(x, np.float64)).astype(np.float32)
 
 
 def stratified_holdout(
     y: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits row indices into (train, valid), putting `fraction` of each class in valid.
+    """Splits row indices into (train, valid), holding out `fraction` of the rows.
 
-    Every class with at least two rows lands in both parts; a class with one row stays in train.
-    Multi-label `y` (n, C): a random `fraction` of rows, then each class with at least two
-    positives gets one in valid and keeps one in train, rarest class first (best effort: moving
-    a row moves all its labels).
+    Single-label `y`: sklearn's `train_test_split(stratify=y)` (EVAR's hold-out) over the classes
+    with at least two rows; a class with one row stays in train. The hold-out has
+    max(ceil(fraction * n), number of classes) rows (sklearn needs one row per class at least),
+    and every class keeps at least one row in train.
+    Multi-label `y` (n, C), which sklearn cannot stratify: a random `fraction` of rows, then each
+    class with at least two positives gets one in valid and keeps one in train, rarest class
+    first (best effort: moving a row moves all its labels).
 
     Args:
       y: (n,) integer labels or (n, C) multi-hot.
@@ -76,26 +82,45 @@ def stratified_holdout(
 
     Returns:
       Sorted int64 index arrays (train, valid).
+
+    Raises:
+      DataError: no class has two rows, so nothing can be held out.
     """
+    if y.ndim == 2:
+        return _multilabel_holdout(y, fraction, rng)
+    classes, counts = np.unique(y, return_counts=True)
+    eligible = np.flatnonzero(np.isin(y, classes[counts >= 2]))
+    if not len(eligible):
+        raise DataError(
+            "no class has two training clips, so none can be held out for validation; "
+            "add valid rows to the task CSV"
+        )
+    num_valid = max(math.ceil(fraction * len(eligible)), int((counts >= 2).sum()))
+    _, held = train_test_split(
+        eligible,
+        test_size=num_valid,
+        stratify=y[eligible],
+        random_state=int(rng.integers(2**32 - 1)),
+    )
+    valid = np.zeros(len(y), bool)
+    valid[held] = True
+    return np.flatnonzero(~valid), np.flatnonzero(valid)
+
+
+def _multilabel_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator):
+    """The multi-label branch of `stratified_holdout`."""
     n = len(y)
     valid = np.zeros(n, bool)
-    if y.ndim == 1:
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            if len(rows) >= 2:
-                k = min(max(1, round(fraction * len(rows))), len(rows) - 1)
-                valid[rng.choice(rows, k, replace=False)] = True
-    else:
-        valid[rng.permutation(n)[: max(1, round(fraction * n))]] = True
-        positives = y > 0
-        for c in np.argsort(positives.sum(axis=0), kind="stable"):
-            rows = np.flatnonzero(positives[:, c])
-            if len(rows) < 2:
-                continue
-            if not valid[rows].any():
-                valid[rng.choice(rows)] = True
-            if valid[rows].all():
-                valid[rng.choice(rows)] = False
+    valid[rng.permutation(n)[: max(1, round(fraction * n))]] = True
+    positives = y > 0
+    for c in np.argsort(positives.sum(axis=0), kind="stable"):
+        rows = np.flatnonzero(positives[:, c])
+        if len(rows) < 2:
+            continue
+        if not valid[rows].any():
+            valid[rng.choice(rows)] = True
+        if valid[rows].all():
+            valid[rng.choice(rows)] = False
     return np.flatnonzero(~valid), np.flatnonzero(valid)
 
 
@@ -105,22 +130,14 @@ def accuracy(y: np.ndarray, logits: np.ndarray) -> float:
 
 
 def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
-    """AP = sum_k (R_k - R_{k-1}) P_k over distinct score thresholds (sklearn's definition).
+    """sklearn's average precision: sum_k (R_k - R_{k-1}) P_k, tied scores one threshold.
 
-    Without tied scores this is the mean, over positives, of the precision at the positive's
-    rank. NaN when there is no positive.
+    NaN when there is no positive.
     """
     positive = np.asarray(positive) > 0
     if not positive.any():
         return float("nan")
-    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
-    s, hits = np.asarray(scores)[order], positive[order]
-    # Tied scores form one threshold: keep only the last row of each run of equal scores.
-    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp = np.cumsum(hits)[ends]
-    precision = tp / (ends + 1)
-    recall_gain = np.diff(np.r_[0, tp]) / tp[-1]
-    return float(np.sum(recall_gain * precision))
+    return float(metrics.average_precision_score(positive, np.asarray(scores, np.float64)))
 
 
 def mean_average_precision(y: np.ndarray, scores: np.ndarray) -> float:
@@ -147,10 +164,8 @@ def ci95(values) -> tuple[float, float | None]:
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) counts, rows the true class, columns the predicted one."""
-    return np.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    """(C, C) int64 counts (sklearn's), rows the true class, columns the predicted one."""
+    return metrics.confusion_matrix(y, pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,12 +231,17 @@ def _epoch_fn(cfg: ProbeConfig, batch_size: int, multilabel: bool) -> Callable:
 
 
 class EarlyStop(NamedTuple):
-    """Outcome of `early_stopping`; epochs are 1-based, `best_epoch` 0 if nothing improved."""
+    """Outcome of `early_stopping`; epochs are 1-based, `best_epoch` 0 if nothing improved.
+
+    `stopped_early` False: patience never ran out, training ended at the epoch cap while the
+    validation score was still improving (the classifier may be under-trained).
+    """
 
     best_epoch: int
     epochs_run: int
     best_score: float
     history: list
+    stopped_early: bool
 
 
 def early_stopping(
@@ -249,15 +269,16 @@ def early_stopping(
       (the state of the best epoch, EarlyStop).
     """
     best_state, best_epoch, best_score, history = state, 0, -math.inf, []
-    epoch = 0
+    epoch, stopped = 0, False
     for epoch in range(1, max_epochs + 1):
         state = run_epoch(state, epoch)
         history.append(evaluate(state))
         if history[-1] >= best_score:
             best_state, best_epoch, best_score = state, epoch, history[-1]
         elif epoch - best_epoch >= patience:
+            stopped = True
             break
-    return best_state, EarlyStop(best_epoch, epoch, best_score, history)
+    return best_state, EarlyStop(best_epoch, epoch, best_score, history, stopped)
 
 
 def train_linear(
@@ -338,17 +359,19 @@ def evaluate(
       cfg: hyperparameters.
 
     Returns:
-      A dict: `scores` (per seed), `fold_scores`, `best_epoch`, `epochs_run` ([seed][fold]),
-      `mean`, `ci95` (half-width or None), `n_train`/`n_valid`/`n_test` (per fold) and, for
-      single-label tasks, `confusion` (test counts summed over seeds and folds).
+      A dict: `scores` (per seed), `fold_scores`, `best_epoch`, `epochs_run`, `stopped_early`
+      ([seed][fold]), `mean`, `ci95` (half-width or None), `n_train`/`n_valid`/`n_test` (per
+      fold) and, for single-label tasks, `confusion` (test counts summed over seeds and folds).
+
+    Raises:
+      DataError: a partition leaves nothing to validate on.
     """
     multilabel = y.ndim == 2
-    out = {
-        k: [] for k in ("fold_scores", "best_epoch", "epochs_run", "n_train", "n_valid", "n_test")
-    }
+    per_run = ("fold_scores", "best_epoch", "epochs_run", "stopped_early")
+    out = {k: [] for k in (*per_run, "n_train", "n_valid", "n_test")}
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for s, seed in enumerate(seeds):
-        for key in ("fold_scores", "best_epoch", "epochs_run"):
+        for key in per_run:
             out[key].append([])
         for f, part in enumerate(partitions):
             # Fitted before any hold-out, on the whole training split, as EVAR's classifier does.
@@ -359,23 +382,24 @@ def evaluate(
                 keep, held = stratified_holdout(y[train], cfg.valid_fraction, rng)
                 train, valid = train[keep], train[held]
             if multilabel and not y[valid].any():
-                raise ValueError(
+                raise DataError(
                     f"fold {f}: the validation rows hold no positive label, so mAP is undefined; "
                     "add labelled validation clips or more training clips"
                 )
             params, stop = train_linear(
-                scaler.transform(x[train]),
+                standardize(scaler, x[train]),
                 y[train],
-                scaler.transform(x[valid]),
+                standardize(scaler, x[valid]),
                 y[valid],
                 num_classes=num_classes,
                 seed=seed,
                 cfg=cfg,
             )
-            logits = np.asarray(predict(params, jnp.asarray(scaler.transform(x[part.test]))))
+            logits = np.asarray(predict(params, jnp.asarray(standardize(scaler, x[part.test]))))
             out["fold_scores"][-1].append(score(y[part.test], logits))
             out["best_epoch"][-1].append(stop.best_epoch)
             out["epochs_run"][-1].append(stop.epochs_run)
+            out["stopped_early"][-1].append(stop.stopped_early)
             if s == 0:
                 for key, rows in (("n_train", train), ("n_valid", valid), ("n_test", part.test)):
                     out[key].append(len(rows))
@@ -389,35 +413,106 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------
-# Picture of a confusion matrix without matplotlib: a PNG heatmap from numpy and zlib.
+# Warnings about results that would mislead, and the picture of a confusion matrix.
 
 
-def heatmap_png(matrix: np.ndarray, cell: int | None = None) -> bytes:
-    """Row-normalised heatmap, white (0) to dark blue (1), no text; about 256 px wide by default."""
-    m = np.asarray(matrix, np.float64)
-    cell = cell or max(4, 256 // len(m))
-    m = m / np.maximum(m.sum(axis=1, keepdims=True), 1e-12)
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    rgb = np.rint(white + m[..., None] * (blue - white)).astype(np.uint8)  # (C, C, 3)
-    rgb = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
-    return encode_png(rgb)
+def class_warnings(onehot, partitions, classes, names) -> list[str]:
+    """Per partition: classes with one training row, and classes tested or validated on but
+    absent from train.
+
+    Args:
+      onehot: (n, C) bool, row r has class c.
+      partitions: `Partition`s, named by `names` ("" for a lone split).
+      classes: the C class names.
+    """
+    out = []
+    order = [classes.index(c) for c in natural_order(classes)]
+    for name, part in zip(names, partitions):
+        where = f" ({name})" if name else ""
+        held = part.test if part.valid is None else np.r_[part.test, part.valid]
+        held_name = "test" if part.valid is None else "test/valid"
+        n_train = onehot[part.train].sum(axis=0)
+        for c in order:
+            if n_train[c] == 1:
+                out.append(
+                    f"class {classes[c]!r} has 1 training clip{where}: too few to learn from or "
+                    "to hold out for validation"
+                )
+            elif n_train[c] == 0 and onehot[held, c].any():
+                out.append(
+                    f"class {classes[c]!r} is in the {held_name} rows but not in train{where}: "
+                    "the classifier cannot learn it"
+                )
+    return out
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """8-bit RGB PNG bytes of an (H, W, 3) uint8 array."""
-    h, w, _ = rgb.shape
-    # Every scanline starts with filter type 0 (none).
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
+def cap_warnings(result: dict, seeds, names, cfg: ProbeConfig) -> list[str]:
+    """Runs of `evaluate`'s `result` that hit the epoch cap before early stopping triggered.
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+    Ties count as improvements (EVAR's `>=`), so a validation score saturated at its maximum
+    also runs to the cap: the warning says the run did not stop by itself, nothing more.
+    """
+    out = []
+    for s, seed in enumerate(seeds):
+        for f, name in enumerate(names):
+            if not result["stopped_early"][s][f]:
+                where = f", {name}" if name else ""
+                out.append(
+                    f"seed {seed}{where}: hit the {cfg.max_epochs}-epoch cap before early "
+                    f"stopping (validation last matched or beat its best at epoch "
+                    f"{result['best_epoch'][s][f]}, patience {cfg.patience}): may not have "
+                    "converged; a larger --lr may help"
+                )
+    return out
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
+
+_NOTE = re.compile(r"^([A-Ga-g])([#♯b♭]?)(-?\d+)?$")
+_SEMITONE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def natural_order(labels) -> list[str]:
+    """Numbers numerically, note names musically (C, C#, D, ... B; octave first), the rest
+    alphabetically."""
+    labels = list(labels)
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        pass
+    notes = [_NOTE.match(x) for x in labels]
+    if all(notes) and len({m[3] is None for m in notes}) <= 1:
+        shift = {"#": 1, "♯": 1, "b": -1, "♭": -1}
+        keys = [(int(m[3] or 0), _SEMITONE[m[1].upper()] + shift.get(m[2], 0)) for m in notes]
+        return [x for _, x in sorted(zip(keys, labels))]
+    return sorted(labels)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: str, *, title: str) -> None:
+    """Writes a PNG of a confusion matrix: true class down, predicted across, in
+    `natural_order`; colour = share of the true class's row, text = count (blank for 0)."""
+    # The Agg canvas directly, not pyplot: no display needed and no global backend switched
+    # under a notebook that imports this module.
+    # pylint: disable=g-import-not-at-top
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = [classes.index(c) for c in natural_order(classes)]
+    counts = np.asarray(matrix)[np.ix_(order, order)]
+    names = [classes[i] for i in order]
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(names)
+    side = min(3.0 + 0.35 * n, 30.0)
+    fig = Figure(figsize=(side + 1.5, side + 0.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), names)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(title, fontsize=10)
+    size = max(5.0, min(10.0, 200.0 / n))
+    for i, j in zip(*np.nonzero(counts)):
+        color = "white" if share[i, j] > 0.5 else "black"
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=size, color=color)
+    fig.tight_layout()
+    fig.savefig(path)

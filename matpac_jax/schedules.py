@@ -1,4 +1,4 @@
-"""Per-step schedules of a MATPAC++ run (DESIGN.md sections 4 and 5).
+"""Per-step schedules of a MATPAC++ run (docs/method.md, sections 4 and 5).
 
 Pure functions of an integer step (Python, numpy or traced) returning float32 scalars; the
 configuration numbers (peaks, lengths, rates) are static Python values. `Schedules` gathers them

@@ -22,14 +22,20 @@ import dataclasses
 import json
 import logging as pylogging
 import os
+import re
+import shutil
+import sys
 import time
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from matpac_jax import checkpointing, distributed, input_pipeline, metric_writer, models
-from matpac_jax import optimizer, schedules, shards, sharding, train_step as ts
+from matpac_jax import checkpointing, cli, config_lib, dirlock, distributed, input_pipeline
+from matpac_jax import metric_writer
+from matpac_jax import models, optimizer, schedules, shards, sharding, train_step as ts
+
+PROG = "python -m matpac_jax.train"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
@@ -46,6 +52,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the explicit layout")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process in the explicit layout")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, f"show the traceback of a usage error (or set {cli.DEBUG_ENV}=1)"
+)
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_s",
     distributed.HEARTBEAT_TIMEOUT_S,
@@ -60,10 +69,10 @@ class NonFiniteError(RuntimeError):
 def resolve_data_dir(config) -> str:
     """The configured shard directory, or the demo corpus's (made and preprocessed once)."""
     if config.data.dir:
-        return config.data.dir
+        return cli.abspath(config.data.dir)
     from matpac_jax.data import demo  # pylint: disable=g-import-not-at-top
 
-    return demo.pretraining_shards(os.path.expanduser(config.data.demo_cache))
+    return demo.pretraining_shards(cli.abspath(config.data.demo_cache))
 
 
 def compute_dtype(name: str) -> str:
@@ -72,14 +81,65 @@ def compute_dtype(name: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"  # bf16 is slow on CPUs
 
 
+def check_config(config) -> None:
+    """Refuses values that would fail late or train silently wrong; cli.UserError names the fix.
+
+    Runs before any work (no data is made or read, no model is built).
+    """
+    if config.model.variant not in models.VARIANTS:
+        raise cli.UserError(
+            f"--config.model.variant={config.model.variant!r}: unknown; known: "
+            f"{', '.join(models.VARIANTS)}"
+        )
+    if config.total_steps is not None and config.total_steps < 1:
+        raise cli.UserError(
+            f"--config.total_steps={config.total_steps}: must be at least 1 (leave it unset to "
+            "train for --config.total_epochs)"
+        )
+    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if config[key] < 1:
+            raise cli.UserError(f"--config.{key}={config[key]}: must be at least 1")
+    crop, patch = config.data.crop_frames, models.ModelConfig.patch
+    if crop < patch or crop % patch:
+        fix = max(patch, crop // patch * patch)
+        raise cli.UserError(
+            f"--config.data.crop_frames={crop}: must be a positive multiple of the {patch}-frame "
+            f"patch, e.g. {fix}"
+        )
+    if not 0.0 <= config.loss.alpha <= 1.0:
+        raise cli.UserError(f"--config.loss.alpha={config.loss.alpha}: must be in [0, 1]")
+    choices = {
+        "model.teacher_init": ("independent", "copy"),
+        "model.teacher_cls_init": ("reference", "copy"),
+        "loss.alpha_weighting": ("reference", "weights"),
+        "loss.center_on": ("probs", "logits"),
+    }
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        if config[section][name] not in allowed:
+            raise cli.UserError(
+                f"--config.{key}={config[section][name]!r}: allowed: {', '.join(allowed)}"
+            )
+    if config.data.dir:
+        data_dir = cli.input_dir(config.data.dir, "--config.data.dir")
+        if not os.path.exists(os.path.join(data_dir, shards.INDEX_NAME)):
+            raise cli.UserError(
+                f"--config.data.dir {config.data.dir}: no {shards.INDEX_NAME}, not a folder of "
+                "log-mel shards; make one with python -m matpac_jax.preprocess"
+            )
+
+
 def run_schedules(config, num_records: int) -> tuple[schedules.Schedules, dict]:
-    """Converts the config's epochs into steps for this corpus (DESIGN.md section 5)."""
+    """Converts the config's epochs into steps for this corpus (docs/method.md, section 5)."""
     steps_per_epoch = num_records / config.batch_size
-    total = config.total_steps or int(config.total_epochs * steps_per_epoch)
+    if config.total_steps is not None:
+        total = config.total_steps
+    else:
+        total = int(config.total_epochs * steps_per_epoch)
     if total < 1:
-        raise ValueError(
-            f"{num_records} records at batch {config.batch_size} give no step: "
-            "set --config.total_steps"
+        raise cli.UserError(
+            f"{num_records} records at batch {config.batch_size} for {config.total_epochs} "
+            "epochs give no step: set --config.total_steps or --config.total_epochs"
         )
     warmup = min(int(config.optim.warmup_epochs * steps_per_epoch), total)
     tau_warmup = min(int(config.loss.teacher_temp_warmup_epochs * steps_per_epoch), total)
@@ -123,6 +183,7 @@ def model_config(config, data_index: dict) -> models.ModelConfig:
             "cls_bottleneck": m.cls_bottleneck,
             "cls_out": m.cls_classes,
             "teacher_init": m.teacher_init,
+            "teacher_cls_init": m.teacher_cls_init,
             "freeze_wn_gain": m.freeze_wn_gain,
             "n_mels": data_index["front_end"]["n_mels"],
             "max_frames": config.data.crop_frames,
@@ -137,22 +198,44 @@ def encoder_params(params: dict) -> dict:
     return {k: params[k] for k in ("patch_embed", "cls_token", "student")}
 
 
-def train(config, workdir: str) -> dict:
-    """Runs (or resumes) pretraining; returns the last logged metrics."""
+@dataclasses.dataclass
+class RunResult:
+    """What `train` returns: the last logged metrics and how the run ended."""
+
+    metrics: dict
+    exported: bool  # False when a signal stopped the run before the last step
+
+
+def train(config, workdir: str) -> RunResult:
+    """Runs (or resumes) pretraining in `workdir` (made absolute here).
+
+    A start that fails (a bad config or data, a locked workdir) leaves no workdir behind that
+    did not exist before.
+    """
     process, num_processes = jax.process_index(), jax.process_count()
-    os.makedirs(workdir, exist_ok=True)
+    workdir = cli.output_dir(workdir, "--workdir")
+    check_config(config)
+    created = process == 0 and not os.path.exists(workdir)
+    cli.make_dir(workdir, "--workdir")
+    started = []  # set once the first step runs: from then on the workdir holds the run
     # One lock per workdir, held by process 0 (the others share its filesystem view or not).
-    lock = checkpointing.WorkdirLock(workdir) if process == 0 else contextlib.nullcontext()
-    with lock:
-        return _train_locked(config, workdir, process, num_processes)
+    lock = dirlock.DirLock(workdir, "trainer") if process == 0 else contextlib.nullcontext()
+    try:
+        with lock:
+            return _train_locked(config, workdir, process, num_processes, started)
+    except BaseException:
+        if created and not started:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
 
-def _train_locked(config, workdir, process, num_processes) -> dict:
+def _train_locked(config, workdir, process, num_processes, started) -> RunResult:
     # ---------------------------------------------------------------- data
     data_dir = resolve_data_dir(config)
     index = shards.load_index(data_dir)
+    input_pipeline.check_crop(index, config.data.crop_frames, crop_flag="--config.data.crop_frames")
     if config.batch_size % num_processes:
-        raise ValueError(
+        raise cli.UserError(
             f"batch_size {config.batch_size} is not divisible by the {num_processes} processes"
         )
     dataset = input_pipeline.pretraining_dataset(
@@ -173,7 +256,7 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
     if config.batch_size % mesh.size:
-        raise ValueError(
+        raise cli.UserError(
             f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
             "devices of the mesh"
         )
@@ -239,6 +322,8 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
         desc="train",
     )
     last, tick, tick_step = {}, time.perf_counter(), start
+    exported = False
+    started.append(start)
     try:
         for step in range(start, total_steps):
             batch = sharding.global_batch(next(data_iter), mesh)
@@ -282,13 +367,14 @@ def _train_locked(config, workdir, process, num_processes) -> dict:
             checkpointing.export_encoder(
                 workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
             )
+            exported = True
     finally:
         bar.close()
         ckpt.close()
         writer.close()
         data_iter.close()
         stop.close()
-    return last
+    return RunResult(last, exported)
 
 
 def _export_config(model_cfg, index, config) -> dict:
@@ -324,31 +410,126 @@ class _QuietLibraries:
         return record.levelno >= pylogging.WARNING or not noisy
 
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with the CLI boundary's manners: a usage or config mistake is one
+    line and exit 2; asking for help is exit 0 (absl exits 1)."""
+    debug = cli.debug_requested(argv[1:])
+    try:
+        _check_config_file(argv[1:])
+        rest = flags.FLAGS(argv)
+        _CONFIG.value  # config files load lazily: make their errors surface here
+    except SystemExit:
+        if any(a in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        # Anything raised while parsing flags comes from the command line or the config file
+        # it names (a typo, a bad value, a get_config argument): the user's to fix.
+        if debug:
+            raise
+        sys.exit(cli.fail(PROG, _flag_error(e, argv[1:])))
+    if len(rest) > 1:
+        sys.exit(cli.fail(PROG, f"unexpected arguments {rest[1:]}; flags look like --name=value"))
+    return rest
+
+
+def _check_config_file(args: list[str]) -> None:
+    """`--config=FILE[:ARG]` must name an existing file (absl's own error is a page long)."""
+    for i, a in enumerate(args):
+        value = a.partition("=")[2] if a.startswith("--config=") else None
+        if a == "--config" and i + 1 < len(args):
+            value = args[i + 1]
+        if value:
+            cli.input_file(value.partition(":")[0], "--config", what="config file")
+
+
+def _flag_error(e: Exception, args: list[str]) -> str:
+    """One line from what absl and ml_collections raise for a bad flag, config file or override.
+
+    ml_collections puts the useful part last (its traceback of the config file, then the
+    exception) or inside a repr ('key'\\nDid you mean ...); both are flattened here.
+    """
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if isinstance(e, AttributeError):  # an override of a key that does not exist
+        return _unknown_key_error(lines[0].strip("'\" "), text, args)
+    if "Error whilst parsing config file" in lines[0]:
+        flag = lines[0].split(": Error whilst")[0]
+        return f"{flag}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def _unknown_key_error(key: str, text: str, args: list[str]) -> str:
+    """`--config.a.b.KEY: no such config key`, with ml_collections' suggestion or the keys
+    that exist beside it."""
+    flag = next(
+        (a.split("=")[0] for a in args if re.search(rf"^--config\.(\w+\.)*{key}(=|$)", a)), ""
+    )
+    dotted = flag.removeprefix("--config.")
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    if suggestion:
+        near = f"did you mean {dotted.rsplit('.', 1)[0] + '.' if '.' in dotted else ''}"
+        return f"--config.{dotted or key}: no such config key; {near}{suggestion.group(1)}?"
+    section = _config_section(args, dotted.rsplit(".", 1)[0] if "." in dotted else "")
+    known = f"; keys there: {', '.join(sorted(section))}" if section else ""
+    return f"--config.{dotted or key}: no such config key{known}"
+
+
+def _config_section(args: list[str], dotted: str) -> list[str]:
+    """The keys of config section `dotted` ("" for the top), loaded without the overrides."""
+    spec = next((a.partition("=")[2] for a in args if a.startswith("--config=")), "")
+    try:
+        config = config_lib.load_config(spec)
+        for part in filter(None, dotted.split(".")):
+            config = config[part]
+        return list(config.keys())
+    except Exception:  # pylint: disable=broad-except
+        return []  # only a hint: the error message stands without it
+
+
 def main(argv):
     del argv
     for handler in (*pylogging.getLogger().handlers, logging.get_absl_handler().python_handler):
         handler.addFilter(_QuietLibraries())
+    cli.quiet_jax_backend_probing()
     jax.config.update(
         "jax_compilation_cache_dir",
         os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/matpac_jax/jax")),
     )
-    distributed.initialize(
-        _DISTRIBUTED.value,
-        _COORDINATOR.value,
-        _NUM_PROCESSES.value,
-        _PROCESS_ID.value,
-        heartbeat_timeout_s=_HEARTBEAT.value,
-    )
-    if jax.process_index() != 0:  # process 0 speaks for the run; the others only warn
-        logging.set_verbosity(logging.WARNING)
-    with distributed.fail_fast():
-        last = train(_CONFIG.value, _WORKDIR.value)
+    workdir = cli.abspath(_WORKDIR.value)
+    try:
+        distributed.initialize(
+            _DISTRIBUTED.value,
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            heartbeat_timeout_s=_HEARTBEAT.value,
+        )
+        if jax.process_index() != 0:  # process 0 speaks for the run; the others only warn
+            logging.set_verbosity(logging.WARNING)
+        with distributed.fail_fast():
+            result = train(_CONFIG.value, workdir)
+    except cli.UserError as e:
+        if cli.debug_requested() or _DEBUG.value:
+            raise
+        sys.exit(cli.fail(PROG, e))
     if jax.process_index() != 0:
         return
-    if last:
-        print(json.dumps({k: round(v, 6) for k, v in last.items()}))
-    print(f"workdir: {_WORKDIR.value} (metrics.jsonl, tensorboard/, checkpoints/, export/)")
+    if result.metrics:
+        print(json.dumps({k: round(v, 6) for k, v in result.metrics.items()}))
+    if result.exported:
+        print(f"workdir: {workdir} (metrics.jsonl, tensorboard/, checkpoints/, export/)")
+    else:
+        print(
+            f"workdir: {workdir} (metrics.jsonl, tensorboard/, checkpoints/); stopped before the "
+            "last step: run the same command again to resume"
+        )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

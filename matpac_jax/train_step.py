@@ -3,7 +3,7 @@
 State: {"params": student, "teacher": {"encoder", "cls_head"}, "opt": optax state of params
 only, "center": (1, C), "step": int32, "skips": int32 (non-finite steps in a row)}.
 
-One step (DESIGN.md sections 3-5): mask (key = fold_in(seed, step)) -> student, predictor and
+One step (docs/method.md, sections 3-5): mask (key = fold_in(seed, step)) -> student, predictor and
 K heads on the visible tokens, teacher on the masked ones -> annealed winner-takes-all
 prediction loss -> classification loss on the winning prediction against the centred,
 sharpened teacher -> AdamW on the student; EMA of the teachers from the student weights that
@@ -130,7 +130,9 @@ def make_train_step(
                 student_temp=step_cfg.student_temp,
                 center_momentum=step_cfg.center_momentum,
             )
-            total, loss_aux = losses.matpac_loss(pred_tok, cls_tok, step_cfg.alpha, step_cfg.alpha_weighting)
+            total, loss_aux = losses.matpac_loss(
+                pred_tok, cls_tok, step_cfg.alpha, step_cfg.alpha_weighting
+            )
             monitors = losses.collapse_monitors(best, weights, z_hat, z_m, q)
             return total, (loss_aux, monitors, new_center)
 

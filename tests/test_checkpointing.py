@@ -3,8 +3,6 @@
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
@@ -227,43 +225,6 @@ def test_restore_onto_other_shardings(tmp_path, data_dir):
     with pytest.raises(ValueError, match=r"abstract_state\['center'\] has no sharding"):
         ckpt.restore_latest(no_sharding, _iterator(data_dir))
     ckpt.close()
-
-
-_LOCK_CHILD = """
-import sys
-from matpac_jax.checkpointing import WorkdirLock
-for attempt in range(2):
-    try:
-        with WorkdirLock(sys.argv[1]):
-            print("acquired", flush=True)
-    except RuntimeError as e:
-        print("refused:", e, flush=True)
-    sys.stdin.readline()  # the parent says when to try again
-"""
-
-
-def test_workdir_lock_excludes_another_process(tmp_path):
-    workdir = str(tmp_path / "run")
-    with subprocess.Popen(
-        [sys.executable, "-c", _LOCK_CHILD, workdir],
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    ) as child:
-        try:
-            with checkpointing.WorkdirLock(workdir):
-                first = child.stdout.readline()
-            child.stdin.write("\n")
-            child.stdin.flush()
-            second = child.stdout.readline()
-            child.stdin.write("\n")
-            child.stdin.flush()
-            assert child.wait(timeout=60) == 0
-        finally:
-            child.kill()
-    assert first.startswith("refused:") and workdir in first
-    assert f"pid {os.getpid()} on host" in first
-    assert second.strip() == "acquired"
 
 
 def test_export_roundtrip_replaces_earlier_export(tmp_path):

@@ -207,6 +207,6 @@ def test_cli_writes_the_csv_and_builds(layouts, tmp_path, capsys):
         prepare.main(
             ["--dataset", "nsynth", "--manual_dir", str(tmp_path / "x"), "--task_csv", str(out)]
         )
-        == 1
+        == 2
     )
-    assert "magenta.tensorflow.org" in capsys.readouterr().err
+    assert f"--manual_dir {tmp_path / 'x'}: no such folder" in capsys.readouterr().err

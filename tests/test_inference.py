@@ -14,7 +14,7 @@ import pytest
 import soxr
 from flax import nnx
 
-from matpac_jax import audio, checkpointing, models
+from matpac_jax import audio, checkpointing, cli, models
 from matpac_jax.inference import ENCODER_KEYS, Encoder, LogMelBaseline
 
 CFG = models.model_config("mu")  # D = 32: 5 x 32 = 160 features per step
@@ -145,7 +145,7 @@ def test_load_export_workdir_and_checkpoint_only_workdir(tmp_path, student, enco
     (workdir / "run.json").write_text(json.dumps(run))
     np.testing.assert_array_equal(Encoder.load(str(workdir)).embed(wave, 16_000), want)
 
-    with pytest.raises(FileNotFoundError, match="neither an export"):
+    with pytest.raises(cli.UserError, match="no such path; an encoder is an export folder"):
         Encoder.load(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="do not match the model config"):
         Encoder("Ti", _params(student))

@@ -337,7 +337,6 @@ def test_teacher_init_independent_copy_and_cls_head_copy():
         assert a is not b
 
 
-
 def test_cls_heads_start_as_the_reference_leaves_them():
     """Default (quirk): the student head MLP is xavier-uniform, the teacher head MLP keeps
     normal(0.02) weights, biases 0 in both; the weight-normalised last layer starts equal."""

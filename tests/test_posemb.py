@@ -7,7 +7,7 @@ from matpac_jax.models.posemb import cut_time, posemb_sincos_2d
 
 
 def _reference_table(grid_f, grid_t, dim):
-    """Element by element from DESIGN.md section 2.
+    """Element by element from docs/method.md, section 2.
 
     Channel c < D/2 codes time, the rest frequency; in each half the first D/4 channels are
     sin(p * w_i), the last D/4 cos(p * w_i), with w_i = 10000**(-i / (D/4)).

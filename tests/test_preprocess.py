@@ -1,4 +1,5 @@
-"""Preprocessing CLI (matpac_jax/preprocess.py): bad files, resampling, resume, workers."""
+"""Preprocessing (matpac_jax/preprocess.py): bad files, resampling, resume, workers, the lock,
+the skip summary and a run that writes nothing. The subprocess CLI tests: test_cli_data.py."""
 
 import json
 import os
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from matpac_jax import audio, preprocess, shards
+from matpac_jax import audio, cli, preprocess, shards
+from matpac_jax.dirlock import DirLock
 
 SR = 16000
 SECONDS = 6.2  # 618 frames: enough for the default --min_frames 608
@@ -152,7 +154,7 @@ def test_resume_after_interruption(mixed_folder, tmp_path, monkeypatch):
 def test_refuses_to_mix_runs(mixed_folder, tmp_path):
     out = str(tmp_path / "out")
     preprocess.preprocess(str(mixed_folder), out, records_per_shard=3, progress=False)
-    with pytest.raises(ValueError, match="records_per_shard"):
+    with pytest.raises(cli.UserError, match="holds a run with other records_per_shard"):
         preprocess.preprocess(str(mixed_folder), out, records_per_shard=4, progress=False)
     index = preprocess.preprocess(
         str(mixed_folder), out, records_per_shard=4, overwrite=True, progress=False
@@ -179,4 +181,58 @@ def test_cli_with_workers(mixed_folder, tmp_path, capsys):
     )
     index = json.loads((out / shards.INDEX_NAME).read_text())
     assert index["num_records"] == 6  # too_short.wav (198 frames) now passes; tiny.wav never
-    assert "6 written, 7 skipped" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "6 written, 7 skipped" in out_text
+    assert "skipped 7 of 13 inputs" in out_text
+    assert "  2 non_finite (e.g. nan.wav)" in out_text
+    assert "  1 truncated (e.g. truncated.wav)" in out_text
+    assert "  1 too_short: 800 samples < the front end's min_samples 1200 (e.g. tiny" in out_text
+
+
+def test_skip_summary_groups_by_kind_and_limit():
+    def skipped(path, reason):
+        return {"path": path, "status": "skipped", "reason": reason}
+
+    entries = [
+        {"path": "ok.wav", "status": "ok", "reason": None},
+        skipped("a.wav", "too_short: 606 frames < --min_frames 608"),
+        skipped("b.wav", "too_short: 198 frames < --min_frames 608"),
+        skipped("c.wav", "too_short: 800 samples < the front end's min_samples 1200"),
+        skipped("d.wav", "unreadable: LibsndfileError: Format not recognised"),
+        skipped("e.wav", "unreadable: RuntimeError: something else"),
+        skipped("f.wav", "truncated: 10 of 20 frames"),
+    ]
+    assert preprocess.skip_summary(entries) == [
+        "2 too_short: 198-606 frames < --min_frames 608 (e.g. a.wav)",
+        "2 unreadable (e.g. d.wav)",
+        "1 too_short: 800 samples < the front end's min_samples 1200 (e.g. c.wav)",
+        "1 truncated (e.g. f.wav)",
+    ]
+    assert preprocess.skip_summary(entries[:1]) == []
+
+
+def test_nothing_written_gives_strict_json_and_exit_1(tmp_path, capsys):
+    d = tmp_path / "audio"
+    d.mkdir()
+    for i in range(3):
+        sf.write(d / f"{i}.wav", _tone(SR, 6.08, [440]), SR)  # 606 frames < 608
+    out = tmp_path / "out"
+    assert preprocess.main(["--input_dir", str(d), "--output_dir", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "  3 too_short: 606 frames < --min_frames 608 (e.g. 0.wav)" in printed.out
+    assert "nothing written: all 3 inputs were skipped" in printed.err
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in index.json")
+
+    index = json.loads((out / shards.INDEX_NAME).read_text(), parse_constant=no_nan)
+    assert index["num_records"] == 0 and index["mean"] is None and index["std"] is None
+
+
+def test_a_held_output_dir_is_refused(mixed_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with DirLock(str(out), "preprocessing run"):
+        with pytest.raises(cli.UserError, match="in use by another preprocessing run"):
+            preprocess.preprocess(str(mixed_folder), str(out), progress=False)
+    assert not (out / "plan.json").exists()

@@ -1,55 +1,76 @@
-"""Tests for matpac_jax/probe.py and matpac_jax/probe_lib.py: protocol numerics and the CLI."""
+"""Tests for matpac_jax/probe.py and matpac_jax/probe_lib.py: protocol numerics (sklearn
+against independent float64 numpy), warnings, the confusion picture, and the command as a user
+types it (a subprocess from another directory, relative paths, one-line errors)."""
 
 import csv
 import json
 import math
 import os
-import struct
-import zlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import subprocess_env
+from sklearn.preprocessing import StandardScaler
 
 from matpac_jax import probe, probe_lib
 
 FAST = probe_lib.ProbeConfig(learning_rate=1e-2, max_epochs=40, patience=5)
 
 
-def test_scaler_matches_numpy_and_sees_only_training_rows(monkeypatch):
+def test_scaler_matches_float64_numpy_and_sees_only_training_rows(monkeypatch):
     rng = np.random.default_rng(0)
-    x_train = rng.normal(3.0, 2.0, size=(50, 6))
-    x_train[:, 4] = 1.5  # constant feature: scale 1, as sklearn
-    x_other = rng.normal(-1.0, 5.0, size=(20, 6))
+    x_train = rng.normal(3.0, 2.0, size=(50, 6)).astype(np.float32)
+    x_train[:, 4] = 1.5  # constant feature: scale 1
+    x_other = rng.normal(-1.0, 5.0, size=(20, 6)).astype(np.float32)
     scaler = probe_lib.fit_scaler(x_train)
-    mean, std = x_train.mean(0), x_train.std(0)
+    x64 = x_train.astype(np.float64)
+    mean, std = x64.mean(0), x64.std(0)  # population std, ddof 0
     std[4] = 1.0
-    np.testing.assert_allclose(scaler.transform(x_other), (x_other - mean) / std, rtol=1e-5)
-    np.testing.assert_allclose(scaler.transform(x_train)[:, 4], 0.0)
+    expected = ((x_other.astype(np.float64) - mean) / std).astype(np.float32)
+    got = probe_lib.standardize(scaler, x_other)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(probe_lib.standardize(scaler, x_train)[:, 4], 0.0)
 
     # Inside the protocol the scaler sees the training split (hold-out included), nothing else.
     x = rng.normal(size=(60, 4)).astype(np.float32)
     y = np.repeat(np.arange(3), 20)
     seen = []
-    monkeypatch.setattr(
-        probe_lib, "fit_scaler", lambda rows: seen.append(rows) or probe_lib.Scaler(0.0, 1.0)
-    )
+
+    def identity(rows):
+        seen.append(rows)
+        return StandardScaler(with_mean=False, with_std=False).fit(rows)
+
+    monkeypatch.setattr(probe_lib, "fit_scaler", identity)
     part = probe_lib.Partition(np.arange(0, 40), None, np.arange(40, 60))
     probe_lib.evaluate(x, y, [part], num_classes=3, seeds=(7,), cfg=FAST)
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0], x[:40])
 
 
-def test_stratified_holdout_keeps_every_class():
-    y = np.concatenate([np.full(n, c) for c, n in enumerate([2, 3, 10, 25, 1, 40])])
+def test_stratified_holdout_is_sklearns_and_keeps_every_class_in_train():
+    sizes = [2, 3, 10, 25, 1, 40]
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
     train, valid = probe_lib.stratified_holdout(y, 0.1, np.random.default_rng(0))
     np.testing.assert_array_equal(np.sort(np.r_[train, valid]), np.arange(len(y)))
-    for c in (0, 1, 2, 3, 5):
-        assert (y[valid] == c).any() and (y[train] == c).any(), c
+    assert all((y[train] == c).any() for c in range(6))  # every class is trained on
     assert not (y[valid] == 4).any()  # a single example cannot be on both sides
-    assert [int((y[valid] == c).sum()) for c in range(6)] == [1, 1, 1, 2, 0, 4]
+    assert len(valid) == math.ceil(0.1 * 80)  # sklearn's size: 10% of the 80 splittable rows
+    assert (y[valid] == 5).sum() == 4  # stratified: 40 of 80 rows -> half of the hold-out
+    again = probe_lib.stratified_holdout(y, 0.1, np.random.default_rng(0))
+    np.testing.assert_array_equal(again[1], valid)
     _, other = probe_lib.stratified_holdout(y, 0.1, np.random.default_rng(1))
     assert not np.array_equal(valid, other)
+
+    # More classes than 10% of the rows: one validation row per class (sklearn's minimum).
+    y = np.repeat(np.arange(20), 3)
+    train, valid = probe_lib.stratified_holdout(y, 0.1, np.random.default_rng(0))
+    assert sorted(y[valid]) == list(range(20)) and set(y[train]) == set(range(20))
+    with pytest.raises(probe_lib.DataError, match="no class has two training clips"):
+        probe_lib.stratified_holdout(np.arange(5), 0.1, np.random.default_rng(0))
 
     rng = np.random.default_rng(2)
     multi = (rng.random((80, 7)) < np.linspace(0.03, 0.5, 7)).astype(np.float32)
@@ -73,9 +94,9 @@ def test_early_stopping_on_a_scripted_curve():
 
     state, stop = fit(patience=4)
     assert (state, stop.best_epoch, stop.epochs_run, stop.best_score) == (6, 6, 10, 0.7)
-    assert stop.history == curve[:10]
-    state, stop = fit(patience=5)
-    assert (state, stop.best_epoch, stop.epochs_run) == (12, 12, 12)
+    assert stop.history == curve[:10] and stop.stopped_early
+    state, stop = fit(patience=5)  # still improving at the cap: not stopped by patience
+    assert (state, stop.best_epoch, stop.epochs_run, stop.stopped_early) == (12, 12, 12, False)
 
 
 def test_training_restores_the_best_validation_weights():
@@ -114,23 +135,35 @@ def test_ci95_against_scipy():
 
 
 def _brute_force_ap(positive, scores):
-    """Mean over positives of the precision among the rows scored at least as high."""
-    precisions = [
-        positive[scores >= s].sum() / (scores >= s).sum() for s in scores[positive.astype(bool)]
-    ]
+    """Mean over positives of the precision among the rows scored at least as high (float64)."""
+    positive, scores = np.asarray(positive, bool), np.asarray(scores, np.float64)
+    precisions = [positive[scores >= s].sum() / (scores >= s).sum() for s in scores[positive]]
     return float(np.mean(precisions))
 
 
-def test_macro_map_against_brute_force():
+def test_macro_map_is_sklearns_and_matches_brute_force():
     rng = np.random.default_rng(0)
     y = (rng.random((60, 6)) < 0.3).astype(np.float32)
     y[:, 2] = 0.0  # no positive: left out of the macro average
-    scores = rng.normal(size=(60, 6)) + 1.5 * y
-    expected = np.mean([_brute_force_ap(y[:, c], scores[:, c]) for c in (0, 1, 3, 4, 5)])
-    np.testing.assert_allclose(probe_lib.mean_average_precision(y, scores), expected, rtol=1e-12)
+    for scores in (rng.normal(size=(60, 6)) + 1.5 * y, np.round(rng.random((60, 6)), 1)):
+        expected = np.mean([_brute_force_ap(y[:, c], scores[:, c]) for c in (0, 1, 3, 4, 5)])
+        got = probe_lib.mean_average_precision(y, scores.astype(np.float32))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)  # the second set has many ties
     # Tied scores form one threshold: 0.5 * 1 + 0.5 * (2 / 3).
     ap = probe_lib.average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.5, 0.5, 0.1]))
     np.testing.assert_allclose(ap, 5 / 6, rtol=1e-12)
+    assert math.isnan(probe_lib.average_precision(np.zeros(4), np.arange(4.0)))
+
+
+def test_confusion_matrix_is_sklearns_and_matches_numpy():
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    pred[pred == 4] = 3  # a class never predicted still gets its column
+    expected = np.zeros((5, 5), np.int64)
+    np.add.at(expected, (y, pred), 1)
+    got = probe_lib.confusion_matrix(y, pred, 5)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_kfold_scores_are_fold_means(tmp_path):
@@ -156,15 +189,16 @@ def test_kfold_scores_are_fold_means(tmp_path):
             train, valid = part.train[keep], part.train[held]
             scaler = probe_lib.fit_scaler(x[part.train])
             params, stop = probe_lib.train_linear(
-                scaler.transform(x[train]),
+                probe_lib.standardize(scaler, x[train]),
                 y[train],
-                scaler.transform(x[valid]),
+                probe_lib.standardize(scaler, x[valid]),
                 y[valid],
                 num_classes=3,
                 seed=seed,
                 cfg=FAST,
             )
-            logits = np.asarray(probe_lib.predict(params, scaler.transform(x[part.test])))
+            logits = probe_lib.predict(params, probe_lib.standardize(scaler, x[part.test]))
+            logits = np.asarray(logits)
             assert result["fold_scores"][s][f] == probe_lib.accuracy(y[part.test], logits)
             assert result["best_epoch"][s][f] == stop.best_epoch
         assert result["scores"][s] == pytest.approx(np.mean(result["fold_scores"][s]))
@@ -194,22 +228,29 @@ def test_multilabel_task_scores_map(tmp_path):
     assert result["n_train"] == [32] and result["n_valid"] == [4]
 
 
-def test_png_round_trip():
-    rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    png = probe_lib.encode_png(rgb)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
-        assert struct.unpack(">I", png[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(
-            kind + data
-        )
-        chunks[kind] = data
-        pos += 12 + length
-    assert struct.unpack(">II", chunks[b"IHDR"][:8]) == (7, 5)
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(5, 1 + 7 * 3)
-    np.testing.assert_array_equal(raw[:, 1:].reshape(5, 7, 3), rgb)
+def test_natural_class_order():
+    assert probe_lib.natural_order(["10", "2", "1.5", "-3"]) == ["-3", "1.5", "2", "10"]
+    pitch = ["A", "A#", "B", "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#"]
+    assert probe_lib.natural_order(pitch) == pitch[3:] + pitch[:3]
+    assert probe_lib.natural_order(["C4", "A3", "C#4", "Bb3", "B3"]) == [
+        "A3",
+        "Bb3",
+        "B3",
+        "C4",
+        "C#4",
+    ]
+    assert probe_lib.natural_order(["dog", "Cat", "bird"]) == ["Cat", "bird", "dog"]
+    assert probe_lib.natural_order(["C", "C4"]) == ["C", "C4"]  # mixed: alphabetical
+
+
+def test_confusion_picture(tmp_path):
+    image = pytest.importorskip("matplotlib.image")
+    classes = ["A", "C", "C#", "G"]  # drawn C, C#, G, A
+    matrix = np.array([[5, 0, 1, 0], [0, 7, 0, 0], [2, 0, 3, 0], [0, 0, 0, 0]])
+    path = tmp_path / "c.png"
+    probe_lib.plot_confusion(matrix, classes, str(path), title="pitch, encoder x")
+    pixels = image.imread(path)
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) > 200
 
 
 class BandEnergies:
@@ -257,30 +298,33 @@ def _write_tone_corpus(root):
     return root / "tasks" / "tones.csv"
 
 
-def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
+def test_run_end_to_end_and_cache(tmp_path, capsys):
     task_csv = _write_tone_corpus(tmp_path / "corpus")
     fake = BandEnergies()
-    monkeypatch.setattr(probe, "load_featurizer", lambda spec: fake)
     out = tmp_path / "out"
-    argv = ["--encoder", "fake", "--task_csv", str(task_csv), "--out", str(out)]
-    assert probe.main(argv) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = probe.run("fake", [str(task_csv)], str(out), featurizer=fake)
     (entry,) = report["tasks"]
+    assert entry == json.loads((out / "report.json").read_text())["tasks"][0]
     assert entry["task"] == "tones" and entry["metric"] == "accuracy" and entry["mean"] >= 0.9
     assert (entry["n_train"], entry["n_valid"], entry["n_test"]) == ([24], [9], [9])
     assert entry["clip_seconds"] == 0.5 and entry["embedding_dim"] == 4096
     assert len(entry["scores"]) == 3 and entry["ci95"] is not None
-    for best, run in zip(entry["best_epoch"], entry["epochs_run"]):
-        assert run == [min(200, best[0] + 20)]
+    for best, run, stopped in zip(entry["best_epoch"], entry["epochs_run"], entry["stopped_early"]):
+        assert run == [min(200, best[0] + 20)] and stopped == [run[0] < 200]
     assert np.array(entry["confusion"]).sum() == 27 and fake.calls == 1
     assert "| tones | accuracy |" in (out / "report.md").read_text()
-    png = (out / entry["confusion_png"]).read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (255, 255)
+    assert (
+        entry["confusion_png"] == "confusion_tones.png" and (out / "confusion_tones.png").exists()
+    )
 
     # Same encoder, task and clip length: the embeddings come from the cache.
-    monkeypatch.setattr(probe, "load_featurizer", lambda spec: Broken())
-    assert probe.main(argv[:-1] + [str(tmp_path / "again"), "--cache", str(out / "cache")]) == 0
-    again = json.loads((tmp_path / "again" / "report.json").read_text())["tasks"][0]
+    again = probe.run(
+        "fake",
+        [str(task_csv)],
+        str(tmp_path / "again"),
+        featurizer=Broken(),
+        cache_dir=str(out / "cache"),
+    )["tasks"][0]
     assert again["scores"] == entry["scores"]
 
     capsys.readouterr()
@@ -290,8 +334,180 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert table[2].startswith("| tones (accuracy) | **") and table[2].count("**") == 4
 
 
-def test_missing_audio_names_the_file(tmp_path):
-    with open(tmp_path / "t.csv", "w") as f:
-        f.write("path,label,split\nnope.wav,a,train\nnope2.wav,a,test\n")
-    with pytest.raises(FileNotFoundError, match="nope.wav.*--audio_root"):
-        probe.read_task(str(tmp_path / "t.csv"))
+def _write_wavs(root, names, seconds=0.3):
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / name, 0.1 * rng.normal(size=int(16_000 * seconds)), 16_000)
+
+
+def _write_csv(path, rows, header=("path", "label", "split")):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def test_warnings_are_printed_and_recorded(tmp_path, capsys):
+    # 'solo' has one training clip, 'ghost' is only in test, and 3 epochs cannot trigger
+    # early stopping (patience 20).
+    rows = [(f"{i}.wav", "ab"[i % 2], "train") for i in range(12)]
+    rows += [("12.wav", "solo", "train"), ("13.wav", "a", "test"), ("14.wav", "ghost", "test")]
+    _write_wavs(tmp_path, [r[0] for r in rows])
+    _write_csv(tmp_path / "odd.csv", rows)
+    cfg = probe_lib.ProbeConfig(max_epochs=3, learning_rate=1e-3)
+    report = probe.run(
+        "logmel", [str(tmp_path / "odd.csv")], str(tmp_path / "out"), seeds=2, cfg=cfg
+    )
+    warnings = report["tasks"][0]["warnings"]
+    assert (
+        warnings
+        == json.loads((tmp_path / "out" / "report.json").read_text())["tasks"][0]["warnings"]
+    )
+    assert warnings[:2] == [  # classes in their natural (here alphabetical) order
+        "class 'ghost' is in the test rows but not in train: the classifier cannot learn it",
+        "class 'solo' has 1 training clip: too few to learn from or to hold out for validation",
+    ]
+    assert [w.split(":")[0] for w in warnings[2:]] == ["seed 0", "seed 1"]
+    assert all("hit the 3-epoch cap before early stopping" in w for w in warnings[2:])
+    err = capsys.readouterr().err.splitlines()
+    for w in warnings:
+        assert f"{probe.PROG}: warning: odd: {w}" in err
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Warnings" in md and "- odd: class 'ghost'" in md
+
+    # k-fold: each fold's training split is checked on its own.
+    rows = [(f"{i}.wav", "ab"[i % 2], str(1 + i % 3)) for i in range(12)] + [("12.wav", "c", "2")]
+    _write_csv(tmp_path / "folds.csv", rows, ("path", "label", "fold"))
+    task = probe.read_task(str(tmp_path / "folds.csv"))
+    few = "has 1 training clip ({}): too few to learn from or to hold out for validation"
+    assert probe.data_warnings(task) == [
+        "class 'c' " + few.format("fold 1"),
+        "class 'c' is in the test rows but not in train (fold 2): the classifier cannot learn it",
+        "class 'c' " + few.format("fold 3"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command as a user types it.
+
+
+def _cli(cwd, *args, timeout=300):
+    """`python -m matpac_jax.probe ARGS` from `cwd`: (exit status, stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "matpac_jax.probe", *args],
+        check=False,
+        cwd=cwd,
+        env=subprocess_env(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_with_relative_paths_from_another_directory(tmp_path):
+    image = pytest.importorskip("matplotlib.image")
+    _write_tone_corpus(tmp_path / "corpus")
+    args = ["--task_csv", "corpus/tasks/tones.csv", "--seeds", "2", "--lr", "1e-2"]
+    code, out, err = _cli(tmp_path, "--encoder", "logmel", *args, "--out", "runs/logmel")
+    assert code == 0, err
+    assert "Traceback" not in err and out.endswith("-> runs/logmel/report.md\n")
+    report = json.loads((tmp_path / "runs/logmel/report.json").read_text())
+    (entry,) = report["tasks"]
+    assert report["encoder"] == "logmel" and report["protocol"]["learning_rate"] == 1e-2
+    assert entry["embedding_dim"] == 160 and entry["mean"] > 0.6
+    assert entry["csv"] == str(tmp_path / "corpus/tasks/tones.csv")
+    assert (
+        "![confusion matrix of tones](confusion_tones.png)"
+        in (tmp_path / "runs/logmel/report.md").read_text()
+    )
+    assert image.imread(tmp_path / "runs/logmel/confusion_tones.png").ndim == 3
+
+    code, out, err = _cli(
+        tmp_path, "--encoder", "random:mu", *args, "--out", "runs/mu", "--seeds", "1"
+    )
+    assert code == 0, err
+    code, out, err = _cli(tmp_path, "table", "runs/logmel", "runs/mu", "--out", "runs/table.md")
+    assert code == 0, err
+    assert out == (tmp_path / "runs/table.md").read_text()
+    assert out.splitlines()[0] == "| task | logmel | random:mu |"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A working directory of small inputs, good and bad; the bad-input cases run from it."""
+    w = tmp_path_factory.mktemp("cwd")
+    names = [f"clips/{i}.wav" for i in range(8)]
+    _write_wavs(w, names, seconds=0.1)
+    good = [(n, "ab"[i % 2], "train" if i < 6 else "test") for i, n in enumerate(names)]
+    _write_csv(w / "good.csv", good)
+    _write_csv(w / "columns.csv", good, header=("file", "label", "set"))
+    _write_csv(w / "splits.csv", good[:3] + [(names[3], "b", "training")] + good[4:])
+    _write_csv(w / "notest.csv", [(n, lab, "train") for n, lab, _ in good])
+    _write_csv(w / "missing.csv", good + [(f"gone/{i}.wav", "a", "train") for i in range(5)])
+    (w / "a_folder").mkdir()
+    (w / "somefile.txt").write_text("a file, not a folder")
+    (w / "empty_run").mkdir()
+    return w
+
+
+def _unwritable_out(w):
+    """A path whose parent this user cannot write (root writes anywhere but /proc/sys)."""
+    if os.geteuid() != 0:
+        (w / "locked").mkdir(mode=0o555, exist_ok=True)
+        return "locked/out", "locked is not writable"
+    if os.access("/proc/sys", os.W_OK):
+        pytest.skip("running as root with a writable /proc/sys: no unwritable folder to use")
+    return "/proc/sys/matpac_probe_out", "/proc/sys is not writable"
+
+
+LOGMEL = ["--encoder", "logmel", "--task_csv"]
+BAD_INPUTS = {
+    "missing CSV": (LOGMEL + ["nope.csv", "--out", "o"], "--task_csv nope.csv: no such task CSV"),
+    "CSV is a folder": (LOGMEL + ["a_folder", "--out", "o"], "a_folder: is a folder, expected"),
+    "wrong columns": (
+        LOGMEL + ["columns.csv", "--out", "o"],
+        "columns.csv: needs the columns path,label,split or path,label,fold; found: "
+        + "file, label, set",
+    ),
+    "unknown split": (
+        LOGMEL + ["splits.csv", "--out", "o"],
+        "splits.csv: unknown split 'training' (first at line 5); allowed: train, valid, test",
+    ),
+    "no test rows": (LOGMEL + ["notest.csv", "--out", "o"], "notest.csv: no test rows"),
+    "missing audio": (
+        LOGMEL + ["missing.csv", "--out", "o"],
+        "missing.csv: 5 of 13 audio files not found under . or ",
+    ),
+    "out under a file": (
+        LOGMEL + ["good.csv", "--out", "somefile.txt/x"],
+        "--out somefile.txt/x: cannot be created",
+    ),
+    "out not writable": (LOGMEL + ["good.csv", "--out", None], "cannot be created"),
+    "nonsense encoder": (
+        ["--encoder", "nonsense", "--task_csv", "good.csv", "--out", "o"],
+        "encoder 'nonsense': no such path; an encoder is an export folder",
+    ),
+    "unknown variant": (
+        ["--encoder", "random:XYZ", "--task_csv", "good.csv", "--out", "o"],
+        "encoder 'random:XYZ': unknown variant 'XYZ'; known: Ti, S, B, mu",
+    ),
+    "no seeds": (LOGMEL + ["good.csv", "--out", "o", "--seeds", "0"], "--seeds 0: must be at"),
+    "negative lr": (LOGMEL + ["good.csv", "--out", "o", "--lr", "-1"], "--lr -1: must be greater"),
+    "zero clip": (LOGMEL + ["good.csv", "--out", "o", "--clip_seconds", "0"], "--clip_seconds 0"),
+    "table without report": (["table", "empty_run"], "empty_run: no report.json in this folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(work, case):
+    args, expected = BAD_INPUTS[case]
+    if None in args:
+        out, expected = _unwritable_out(work)
+        args = [out if a is None else a for a in args]
+    before = sorted(os.listdir(work))
+    code, _, err = _cli(work, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"{probe.PROG}: error: ") and expected in lines[0], lines[0]
+    assert sorted(os.listdir(work)) == before  # no output folder, no cache left behind

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import logged_losses, subprocess_env, write_mel_dataset
-from matpac_jax import checkpointing
+from matpac_jax import checkpointing, dirlock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 120
@@ -113,16 +113,32 @@ def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     stopped_at = max(logged_losses(workdir))
     assert stopped_at < TOTAL, "the run finished before the signal: nothing was tested"
     assert "saving step" in err
+    assert "export/" not in stdout and "run the same command again to resume" in stdout
+    assert not os.path.exists(os.path.join(workdir, "export"))
     out = _run(_cmd(workdir, data_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in out.stderr
     resumed, ref = logged_losses(workdir), logged_losses(reference)
     assert all(resumed[s] == ref[s] for s in ref), {s: (resumed.get(s), ref[s]) for s in ref}
+    # TensorBoard, read by its own loader, shows each step once, with the resumed run's values.
+    assert _tensorboard_losses(workdir) == resumed
+
+
+def _tensorboard_losses(workdir):
+    """{step: loss} as TensorBoard shows it (its loader applies the purge on resume)."""
+    from tensorboard.backend.event_processing import event_accumulator  # test-only dependency
+
+    acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss")
+    steps = [e.step for e in events]
+    assert len(steps) == len(set(steps)), f"duplicated steps in TensorBoard: {steps}"
+    return {e.step: e.value for e in events}
 
 
 def test_damaged_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
@@ -142,13 +158,17 @@ def test_damaged_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
     resumed, ref = logged_losses(workdir), logged_losses(reference)
     assert all(resumed[s] == ref[s] for s in ref)
     assert os.path.isdir(os.path.join(workdir, "export"))
+    # Steps 85..120 were logged twice (before the damage and after the resume from 80): the
+    # TensorBoard log must show them once.
+    assert _tensorboard_losses(workdir) == resumed
 
 
 def test_second_trainer_on_same_workdir_refuses(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    with checkpointing.WorkdirLock(workdir):
+    os.makedirs(workdir)
+    with dirlock.DirLock(workdir, "trainer"):
         out = _run(_cmd(workdir, data_dir))
-    assert out.returncode != 0
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "in use by another trainer" in out.stderr
 
 

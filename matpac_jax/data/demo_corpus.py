@@ -2,6 +2,8 @@
 
 Usage: ``python -m matpac_jax.data.demo_corpus --out DIR [--num_pretrain 1000]
 [--num_labelled 1500] [--seed 0] [--format flac|wav] [--num_workers 0] [--force]``
+(relative paths are resolved against the current directory; a bad flag or an --out that cannot
+be written prints one ``error:`` line and exits 2, leaving no new folder behind)
 
 Output layout (paths in CSVs are relative to DIR; audio is 16 kHz mono PCM_16)::
 
@@ -36,13 +38,13 @@ Every clip's audio comes from ``np.random.default_rng([seed, kind, index])``, so
 byte-identical whatever ``num_workers`` is.
 """
 
-import argparse
 import csv
 import functools
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -479,27 +481,46 @@ def generate(
     return manifest
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     """Command-line entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from matpac_jax import cli  # pylint: disable=g-import-not-at-top
+
+    return cli.run(_main, argv, prog="python -m matpac_jax.data.demo_corpus")
+
+
+def _main(argv) -> int:
+    from matpac_jax import cli  # pylint: disable=g-import-not-at-top
+
+    parser = cli.ArgumentParser("python -m matpac_jax.data.demo_corpus", __doc__)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--num_pretrain", type=int, default=1000)
-    parser.add_argument("--num_labelled", type=int, default=1500)
+    parser.add_argument("--num_pretrain", type=cli.int_at_least(0), default=1000)
+    parser.add_argument(
+        "--num_labelled",
+        type=cli.int_at_least(MIN_LABELLED),
+        default=1500,
+        help=f"at least {MIN_LABELLED}: 3 splits x 24 clips cover every class",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("flac", "wav"), default="flac")
-    parser.add_argument("--num_workers", type=int, default=0, help="0: no worker processes")
+    parser.add_argument(
+        "--num_workers", type=cli.int_at_least(0), default=0, help="0: no worker processes"
+    )
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
-    generate(
-        args.out,
-        args.num_pretrain,
-        args.num_labelled,
-        args.seed,
-        args.format,
-        args.num_workers,
-        args.force,
-    )
+    out = cli.output_dir(args.out, "--out")  # absolute: the CSVs and workers see one path
+    with cli.removed_on_failure(out):  # an interrupted first run leaves no half corpus folder
+        cli.make_dir(out, "--out")
+        generate(
+            out,
+            args.num_pretrain,
+            args.num_labelled,
+            args.seed,
+            args.format,
+            args.num_workers,
+            args.force,
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -68,7 +68,7 @@ class ModelConfig:
     num_mcl_heads: int = 5  # K; MATPAC is K = 1
     patch: int = 16
     n_mels: int = 80
-    max_frames: int = 608  # longer inputs must be chunked (DESIGN section 7)
+    max_frames: int = 608  # longer inputs must be chunked (docs/method.md, section 7)
     teacher_init: str = "independent"  # quirk: a second random draw; "copy" copies the student
     teacher_cls_init: str = "reference"  # quirk, see build(); "copy": an exact copy
     freeze_wn_gain: bool = False  # quirk: the reference trains g; True is DINO's frozen g = 1

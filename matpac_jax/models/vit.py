@@ -90,7 +90,9 @@ class PatchEmbed(nnx.Module):
             dtype,
             param_dtype,
             rngs,
-            bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+            bias_init=lambda key, shape, dtype: jax.random.uniform(
+                key, shape, dtype, -bound, bound
+            ),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

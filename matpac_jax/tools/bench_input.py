@@ -10,14 +10,13 @@ is measured by re-running the front end over up to `--preprocess_files` of the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
 
-from matpac_jax import input_pipeline, preprocess, shards
+from matpac_jax import cli, input_pipeline, preprocess, shards
 
 
 def crops_per_second(
@@ -75,27 +74,45 @@ def preprocessing_speed(data_dir: str, num_workers: int, max_files: int) -> dict
     }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.tools.bench_input", description=__doc__.split("\n\n")[0]
-    )
+PROG = "python -m matpac_jax.tools.bench_input"
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(PROG, __doc__)
     p.add_argument("--data", required=True, help="a matpac_jax.preprocess output directory")
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--crop_frames", type=int, default=608, help="the training crop")
     p.add_argument("--seconds", type=float, default=10.0, help="timing window per setting")
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     p.add_argument("--preprocess_files", type=int, default=400)
     p.add_argument("--preprocess_workers", type=int, default=2)
     args = p.parse_args(argv)
-    for w in (int(x) for x in args.workers.split(",")):
-        print(json.dumps(crops_per_second(args.data, w, args.batch_size, args.seconds)), flush=True)
-    if args.preprocess_files > 0:
-        print(
-            json.dumps(
-                preprocessing_speed(args.data, args.preprocess_workers, args.preprocess_files)
-            ),
-            flush=True,
+    data = cli.input_dir(args.data, "--data")
+    if not os.path.exists(os.path.join(data, shards.INDEX_NAME)):
+        raise cli.UserError(
+            f"--data {args.data}: no {shards.INDEX_NAME}, not a folder of log-mel shards; make "
+            "one with python -m matpac_jax.preprocess"
         )
+    input_pipeline.check_crop(shards.load_index(data), args.crop_frames)
+    try:
+        workers = [int(x) for x in args.workers.split(",")]
+    except ValueError:
+        workers = [-1]
+    if min(workers) < 0:
+        raise cli.UserError(f"--workers {args.workers}: comma-separated counts >= 0, e.g. 0,2")
+    if args.batch_size < 1 or args.seconds <= 0 or args.preprocess_workers < 0:
+        raise cli.UserError("--batch_size must be at least 1, --seconds above 0")
+    for w in workers:
+        speed = crops_per_second(data, w, args.batch_size, args.seconds, args.crop_frames)
+        print(json.dumps(speed), flush=True)
+    if args.preprocess_files > 0:
+        speed = preprocessing_speed(data, args.preprocess_workers, args.preprocess_files)
+        print(json.dumps(speed), flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

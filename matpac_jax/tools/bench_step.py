@@ -11,12 +11,11 @@ the ratio says how much of the machine the step uses. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
-from matpac_jax.tools.cost import _load_config
+from matpac_jax import cli, config_lib
 
 
 def _time(fn, *args, seconds: float, min_runs: int = 3) -> float:
@@ -90,21 +89,25 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.tools.bench_step", description=__doc__.split("\n\n")[0]
-    )
+PROG = "python -m matpac_jax.tools.bench_step"
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(PROG, __doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--batch_size", type=int, required=True)
     p.add_argument("--seconds", type=float, default=20.0, help="timing window of the step")
     p.add_argument("--matmul_n", type=int, default=2048)
     args = p.parse_args(argv)
-    print(
-        json.dumps(
-            bench(_load_config(args.config), args.batch_size, args.seconds, args.matmul_n), indent=1
-        )
-    )
+    if args.batch_size < 1 or args.seconds <= 0 or args.matmul_n < 1:
+        raise cli.UserError("--batch_size and --matmul_n must be at least 1, --seconds above 0")
+    config = config_lib.load_config(args.config)
+    print(json.dumps(bench(config, args.batch_size, args.seconds, args.matmul_n), indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

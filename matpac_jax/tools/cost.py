@@ -8,30 +8,20 @@ r"""Compiles the train step for a config and reports XLA's FLOPs and memory; no 
 a CPU host: the compiled program and its per-device memory are those of the real mesh). Prints
 one JSON object: FLOPs per step and per example (XLA's cost analysis of the whole step:
 student and predictor forward and backward, teacher forward, optimiser, EMA), the analytic
-figure of DESIGN.md section 9 for comparison, bytes accessed, and XLA's memory analysis per
+figure of docs/method.md, section 9 for comparison, bytes accessed, and XLA's memory analysis per
 device (arguments = state + batch, temporaries = activations).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
 import sys
 
-DESIGN_GFLOP_PER_EXAMPLE = 93.0  # DESIGN.md section 9, the paper's ViT-B configuration
+from matpac_jax import cli, config_lib  # neither imports jax: XLA_FLAGS can still be set
 
-
-def _load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("matpac_config", path)
-    if module_spec is None:
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+PAPER_GFLOP_PER_EXAMPLE = 93.0  # docs/method.md, section 9, the paper's ViT-B configuration
 
 
 def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | None) -> dict:
@@ -94,8 +84,8 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
         "params": counts,
     }
     if config.model.variant == "B" and config.model.num_mcl_heads == 5:
-        out["design_gflop_per_example"] = DESIGN_GFLOP_PER_EXAMPLE
-        out["ratio_to_design"] = out["gflop_per_example"] / DESIGN_GFLOP_PER_EXAMPLE
+        out["paper_gflop_per_example"] = PAPER_GFLOP_PER_EXAMPLE
+        out["ratio_to_paper"] = out["gflop_per_example"] / PAPER_GFLOP_PER_EXAMPLE
     if memory is not None:
         per_device = {
             "arguments": memory.argument_size_in_bytes,
@@ -115,27 +105,38 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.tools.cost", description=__doc__.split("\n\n")[0]
-    )
+PROG = "python -m matpac_jax.tools.cost"
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(PROG, __doc__)
     p.add_argument("--config", required=True, help="e.g. configs/matpac_pp.py:variant=B")
     p.add_argument("--batch_size", type=int, required=True, help="global batch")
     p.add_argument("--mesh", default="1,1", help="data,fsdp device counts (faked on CPU)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: the config's)")
     args = p.parse_args(argv)
-    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+    try:
+        mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+    except ValueError:
+        mesh_shape = ()
     if len(mesh_shape) != 2 or min(mesh_shape) < 1:
-        p.error("--mesh takes two positive integers: data,fsdp")
+        raise cli.UserError(f"--mesh {args.mesh}: takes two positive integers, data,fsdp")
+    if args.batch_size < 1:
+        raise cli.UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    config = config_lib.load_config(args.config)
     devices = math.prod(mesh_shape)
     if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    result = analyse(_load_config(args.config), args.batch_size, mesh_shape, args.dtype)
+    result = analyse(config, args.batch_size, mesh_shape, args.dtype)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

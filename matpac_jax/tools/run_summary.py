@@ -2,19 +2,23 @@ r"""Summarises a training run from its `metrics.jsonl`: losses, collapse monitor
 
   python -m matpac_jax.tools.run_summary WORKDIR [--rows 8]
 
-Prints a table of the logged steps (evenly spaced) and checks the collapse signs of DESIGN.md
-section 6: loss not falling, classification perplexity near 1, one teacher class for all tokens,
-a prediction head that never wins, skipped (non-finite) steps. Exits 1 if any check fails.
+Prints a table of the logged steps (evenly spaced) and checks the collapse signs of
+docs/method.md, section 6: loss not falling, classification perplexity near 1, one teacher
+class for all tokens, a prediction head that never wins, skipped (non-finite) steps.
+
+Exit status: 0 when every check passes, 1 when one fails (a `WARN` line says which), 2 for a
+usage error (no such workdir, no metrics.jsonl in it).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
+
+from matpac_jax import cli
 
 COLUMNS = (
     ("step", "{:>6.0f}"),
@@ -29,9 +33,10 @@ COLUMNS = (
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The rows of WORKDIR/metrics.jsonl ([] when there is none)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+        return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -70,17 +75,23 @@ def health(rows: list[dict]) -> list[tuple[bool, str]]:
     return checks
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m matpac_jax.tools.run_summary", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("workdir")
-    p.add_argument("--rows", type=int, default=8)
+PROG = "python -m matpac_jax.tools.run_summary"
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(PROG, __doc__)
+    p.add_argument("workdir", help="a training workdir (holding metrics.jsonl)")
+    p.add_argument("--rows", type=int, default=8, help="logged steps shown, evenly spaced")
     args = p.parse_args(argv)
-    rows = read_metrics(args.workdir)
+    workdir = cli.input_dir(args.workdir, "workdir")
+    if args.rows < 1:
+        raise cli.UserError(f"--rows {args.rows}: must be at least 1")
+    rows = read_metrics(workdir)
     if not rows:
-        print(f"{args.workdir}: no logged step yet")
-        return 1
+        raise cli.UserError(
+            f"workdir {args.workdir}: no logged step (no metrics.jsonl, or it is empty): not a "
+            "training workdir, or its run has not logged yet"
+        )
     picks = sorted(set(np.linspace(0, len(rows) - 1, min(args.rows, len(rows))).astype(int)))
     print("  ".join(name.rjust(len(fmt.format(0))) for name, fmt in COLUMNS))
     for i in picks:
@@ -90,6 +101,10 @@ def main(argv=None) -> int:
         ok &= passed
         print(("  ok    " if passed else "  WARN  ") + message)
     return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,271 @@
+"""The trainer, the tools and the encoder paths as a user types them: subprocesses started from a
+folder that is not the repository, with relative paths; and the mistakes people make, each
+answered with one line and exit status 2, no traceback, nothing left behind.
+
+(preprocess, embed, datasets.prepare and the demo corpus: tests/test_cli_data.py; the probe:
+tests/test_probe.py.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import subprocess_env, write_mel_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = "matpac_jax.train"
+TINY = [
+    "--config.data.crop_frames=64",
+    "--config.batch_size=8",
+    "--config.total_steps=12",
+    "--config.log_every=2",
+    "--config.checkpoint_every=5",
+]
+
+
+def _run(module, args, cwd, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=subprocess_env(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _config(cwd, name="matpac_pp.py", arg="runlocal"):
+    """The repository's config file as a path relative to `cwd`, as a user would type it."""
+    path = os.path.relpath(os.path.join(ROOT, "configs", name), cwd)
+    return f"{path}:{arg}" if arg else path
+
+
+def _mels(n, frames, seed):
+    """Distinct log-mels: drifting ridges over noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f0 = rng.uniform(5, 70)
+        ridge = np.exp(-0.5 * ((np.arange(80)[:, None] - f0 - 0.1 * np.arange(frames)) / 3) ** 2)
+        out.append((4 * ridge + rng.normal(size=(80, frames)) - 7).astype(np.float16))
+    return out
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    """A user's folder outside the repository, holding shards (mels/), short clips (clips/)
+    and a run trained there with relative paths (runs/local)."""
+    cwd = tmp_path_factory.mktemp("user")
+    write_mel_dataset(str(cwd / "mels"), _mels(24, 96, 0), records_per_shard=8)
+    os.makedirs(cwd / "clips")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        sf.write(str(cwd / "clips" / f"c{i}.wav"), 0.1 * rng.normal(size=16000), 16000)
+    out = _run(
+        TRAIN,
+        [f"--config={_config(cwd)}", "--workdir=runs/local", "--config.data.dir=mels", *TINY],
+        cwd,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Unable to initialize backend" not in out.stderr  # no accelerator-probing noise
+    return cwd, out
+
+
+def test_train_with_relative_paths_checkpoints_and_exports(user_dir):
+    cwd, out = user_dir
+    workdir = cwd / "runs" / "local"
+    assert f"workdir: {workdir} (" in out.stdout and "export/" in out.stdout
+    # Interval saves and the last step only: no extra save of step 1.
+    assert sorted(int(p) for p in os.listdir(workdir / "checkpoints")) == [5, 10, 12]
+    assert (workdir / "export" / "config.json").exists()
+    with open(workdir / "run.json") as f:
+        assert json.load(f)["config"]["data"]["dir"] == "mels"  # as typed; resolved at use
+
+
+def test_encoder_paths_relative_to_the_current_folder(user_dir):
+    cwd, _ = user_dir
+    out = _run(
+        "matpac_jax.embed",
+        ["--encoder", "runs/local/export", "--input_dir", "clips", "--out", "emb.npz"],
+        cwd,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with np.load(cwd / "emb.npz") as f:
+        assert f["embeddings"].shape == (3, 5 * 32) and np.isfinite(f["embeddings"]).all()
+    code = (
+        "from matpac_jax import hear; import numpy as np\n"
+        "m = hear.load_model('runs/local')\n"  # a workdir: its export
+        "print(hear.get_scene_embeddings(np.zeros((1, 16000), np.float32), m).shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=subprocess_env(devices=1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("(1, 160)")
+
+
+def test_tools_with_relative_paths(user_dir):
+    cwd, _ = user_dir
+    out = _run("matpac_jax.tools.run_summary", ["runs/local", "--rows", "3"], cwd)
+    assert out.returncode in (0, 1), out.stderr  # 1: a collapse sign, which 12 steps may show
+    assert "loss" in out.stdout.splitlines()[0]
+    out = _run(
+        "matpac_jax.tools.bench_input",
+        ["--data", "mels", "--batch_size", "4", "--seconds", "0.3", "--workers", "0"]
+        + ["--crop_frames", "64", "--preprocess_files", "0"],
+        cwd,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[0])["crops_per_s"] > 0
+    out = _run(
+        "matpac_jax.tools.cost", ["--config", _config(cwd), "--batch_size", "2"], cwd, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["gflop_per_example"] > 0
+
+
+def test_help_exits_zero(tmp_path):
+    out = _run(TRAIN, ["--help"], tmp_path)
+    assert out.returncode == 0 and "--workdir" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ mistakes, one line each
+
+BAD_TRAIN = {
+    "config file missing": (["--config=nope.py:runlocal", "--workdir=w"], "no such config file"),
+    "config key typo": (
+        ["--config={cfg}", "--workdir=w", "--config.totl_steps=3"],
+        "did you mean total_steps",
+    ),
+    "nested key, far off": (
+        ["--config={cfg}", "--workdir=w", "--config.optim.zzzz=3"],
+        "keys there: b1, b2",
+    ),
+    "config argument typo": (
+        ["--config={cfg_raw}:varant=B", "--workdir=w"],
+        "unknown config argument 'varant'",
+    ),
+    "unknown variant": (["--config={cfg_raw}:variant=XL", "--workdir=w"], "unknown; known: Ti"),
+    "zero steps": (["--config={cfg}", "--workdir=w", "--config.total_steps=0"], "at least 1"),
+    "negative steps": (["--config={cfg}", "--workdir=w", "--config.total_steps=-5"], "at least 1"),
+    "crop not a multiple of 16": (
+        ["--config={cfg}", "--workdir=w", "--config.data.crop_frames=600"],
+        "multiple of the 16-frame patch",
+    ),
+    "bad flag value": (["--config={cfg}", "--workdir=w", "--config.batch_size=abc"], "abc"),
+    "flag typo": (["--config={cfg}", "--workdr=w"], "Did you mean: workdir"),
+    "no workdir": (["--config={cfg}"], "--workdir"),
+    "workdir under a file": (["--config={cfg}", "--workdir=afile/w"], "afile is a file"),
+    "workdir is a file": (["--config={cfg}", "--workdir=afile"], "is a file, expected a folder"),
+    "workdir not creatable": (["--config={cfg}", "--workdir=/proc/w"], "cannot create"),
+    "data dir missing": (
+        ["--config={cfg}", "--workdir=w", "--config.data.dir=nope"],
+        "no such folder",
+    ),
+    "data dir not shards": (
+        ["--config={cfg}", "--workdir=w", "--config.data.dir=."],
+        "not a folder of log-mel shards",
+    ),
+    "records shorter than the crop": (
+        ["--config={cfg}", "--workdir=w", "--config.data.dir=short"],
+        "--min_frames 608",
+    ),
+    "bad choice": (
+        ["--config={cfg}", "--workdir=w", "--config.loss.center_on=mean"],
+        "allowed: probs, logits",
+    ),
+}
+
+
+def _one_line_error(out, prog, expect):
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"python -m {prog}: error:"), lines[0]
+    assert expect in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN))
+def test_train_mistakes(case, tmp_path):
+    args, expect = BAD_TRAIN[case]
+    (tmp_path / "afile").write_text("x")
+    if case == "records shorter than the crop":
+        write_mel_dataset(str(tmp_path / "short"), _mels(4, 200, 2), records_per_shard=4)
+    before = sorted(os.listdir(tmp_path))
+    cfg, cfg_raw = _config(tmp_path), _config(tmp_path, arg=None)
+    args = [a.format(cfg=cfg, cfg_raw=cfg_raw) for a in args]
+    _one_line_error(_run(TRAIN, args, tmp_path), TRAIN, expect)
+    assert sorted(os.listdir(tmp_path)) == before  # no workdir, lock or output left behind
+
+
+def test_locked_workdir_is_one_line(tmp_path):
+    from matpac_jax import dirlock  # pylint: disable=g-import-not-at-top
+
+    os.makedirs(tmp_path / "w")
+    with dirlock.DirLock(str(tmp_path / "w"), "trainer"):
+        out = _run(TRAIN, [f"--config={_config(tmp_path)}", "--workdir=w", *TINY], tmp_path)
+    _one_line_error(out, TRAIN, "in use by another trainer")
+    assert sorted(os.listdir(tmp_path / "w")) == [dirlock.LOCK_NAME]  # nothing written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    args = [f"--config={_config(tmp_path)}", "--workdir=w", "--config.total_steps=0"]
+    out = _run(TRAIN, [*args, "--debug"], tmp_path)
+    assert out.returncode != 0 and "Traceback" in out.stderr and "UserError" in out.stderr
+
+
+BAD_TOOLS = {
+    "summary of a missing workdir": ("tools.run_summary", ["nope"], "no such folder"),
+    "summary without metrics": ("tools.run_summary", ["."], "no logged step"),
+    "cost without the config file": (
+        "tools.cost",
+        ["--config", "nope.py", "--batch_size", "2"],
+        "no such config file",
+    ),
+    "cost with a bad config argument": (
+        "tools.cost",
+        ["--config", "{cfg_raw}:varant=B", "--batch_size", "2"],
+        "unknown config argument",
+    ),
+    "cost with a bad mesh": (
+        "tools.cost",
+        ["--config", "{cfg}", "--batch_size", "2", "--mesh", "0,1"],
+        "two positive integers",
+    ),
+    "bench_input on a non-shard folder": ("tools.bench_input", ["--data", "."], "no index.json"),
+    "bench_input with a crop longer than the records": (
+        "tools.bench_input",
+        ["--data", "short"],
+        "shorter than the 608-frame crop",
+    ),
+    "bench_step with batch 0": (
+        "tools.bench_step",
+        ["--config", "{cfg}", "--batch_size", "0"],
+        "at least 1",
+    ),
+    "missing required flag": ("tools.cost", ["--batch_size", "2"], "--config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOOLS))
+def test_tool_mistakes(case, tmp_path):
+    module, args, expect = BAD_TOOLS[case]
+    if "short" in args:
+        write_mel_dataset(str(tmp_path / "short"), _mels(4, 200, 2), records_per_shard=4)
+    before = sorted(os.listdir(tmp_path))
+    cfg, cfg_raw = _config(tmp_path), _config(tmp_path, arg=None)
+    args = [a.format(cfg=cfg, cfg_raw=cfg_raw) for a in args]
+    module = f"matpac_jax.{module}"
+    _one_line_error(_run(module, args, tmp_path), module, expect)
+    assert sorted(os.listdir(tmp_path)) == before
