@@ -4,28 +4,56 @@
 # the `runlocal` MATPAC++ model (a few minutes on 2 CPU cores), summarise the run, and score
 # the pretrained encoder against a random-init one and the log-mel baseline with linear probes
 # on the demo's labelled tasks.
-# MATPAC_DEMO_DIR (default runs/demo) says where everything goes; re-running resumes/reuses.
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-DEMO="${MATPAC_DEMO_DIR:-$ROOT/runs/demo}"
+#
+# Environment:
+#   MATPAC_DEMO_DIR   where everything goes (default runs/demo in the checkout, runs/demo_tiny
+#                     with MATPAC_DEMO_SIZE=tiny; a relative path starts from the current
+#                     folder); re-running resumes/reuses
+#   MATPAC_DEMO_SIZE  full (default) or tiny: every step on a few clips and steps (8 + 72 clips,
+#                     3 training steps on 64-frame crops, one probe seed), a one-minute smoke
+#                     test of the whole chain (tests/test_docs.py runs the README's quick start
+#                     this way)
+SIZE="${MATPAC_DEMO_SIZE:-full}"
+case "$SIZE" in
+  full)
+    CORPUS=(); BENCH=(--batch_size 64 --seconds 3 --workers 0,2); TRAIN=(); SEEDS=() ;;
+  tiny)
+    CORPUS=(--num_pretrain 8 --num_labelled 72)
+    BENCH=(--batch_size 4 --seconds 0.5 --workers 0)
+    TRAIN=(--config.total_steps=3 --config.batch_size=4 --config.log_every=1
+           --config.checkpoint_every=3 --config.data.crop_frames=64)
+    SEEDS=(--seeds 1) ;;
+  *)
+    echo "launch/demo.sh: error: MATPAC_DEMO_SIZE=$SIZE: use full or tiny" >&2
+    exit 2 ;;
+esac
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # cd's to the checkout; CALLER_DIR: where we were
+DEMO="${MATPAC_DEMO_DIR:-$ROOT/runs/demo$([ "$SIZE" = full ] || echo "_$SIZE")}"
+case "$DEMO" in
+  /*) ;;
+  *) DEMO="$CALLER_DIR/$DEMO" ;;
+esac
 mkdir -p "$DEMO"
 step() { echo; echo "=== $* ==="; "$@"; }
 
-step python -m matpac_jax.data.demo_corpus --out "$DEMO/audio" --num_workers 2
+# ${A[@]+"${A[@]}"}: an empty array under `set -u` in every bash (macOS ships 3.2).
+step python -m matpac_jax.data.demo_corpus --out "$DEMO/audio" --num_workers 2 \
+  ${CORPUS[@]+"${CORPUS[@]}"}
 step python -m matpac_jax.preprocess --input_dir "$DEMO/audio/pretrain" \
   --output_dir "$DEMO/mels" --num_workers 2
-step python -m matpac_jax.tools.bench_input --data "$DEMO/mels" --batch_size 64 --seconds 3 \
-  --workers 0,2 --preprocess_files 0
+step python -m matpac_jax.tools.bench_input --data "$DEMO/mels" "${BENCH[@]}" \
+  --preprocess_files 0
 step python -m matpac_jax.train --config=configs/matpac_pp.py:runlocal \
-  --config.data.dir="$DEMO/mels" --workdir="$DEMO/pretrain"
-step python -m matpac_jax.tools.run_summary "$DEMO/pretrain" \
+  --config.data.dir="$DEMO/mels" --workdir="$DEMO/pretrain" ${TRAIN[@]+"${TRAIN[@]}"}
+step python -m matpac_jax.tools.run_summary "$DEMO/pretrain" --plot \
   || echo "(the summary flags a collapse sign above; see docs/architecture.md, 'Monitors')"
 
-# Linear probes (docs/probe.md). The runlocal encoder gives 160-d embeddings; at the papers'
-# learning rate (3e-5, tuned for 3,840-d ViT-B features) such a probe barely moves in 200
-# epochs, so the demo uses 1e-3 for all three encoders alike.
+# Linear probes (docs/probe.md), the default protocol: the learning rate is chosen per task and
+# seed on the validation split (the papers' fixed 3e-5 is `--protocol evar`; tuned for 3,840-d
+# ViT-B features, it barely moves a probe on the runlocal encoder's 160-d embeddings).
 TASKS=(--task_csv "$DEMO/audio/tasks/timbre.csv" --task_csv "$DEMO/audio/tasks/pitch.csv"
        --task_csv "$DEMO/audio/tasks/event.csv")
-PROBE=(--cache "$DEMO/probe/cache" --lr 1e-3)
+PROBE=(--cache "$DEMO/probe/cache" ${SEEDS[@]+"${SEEDS[@]}"})
 step python -m matpac_jax.probe --encoder "$DEMO/pretrain" "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/pretrained"
 step python -m matpac_jax.probe --encoder random:mu "${TASKS[@]}" "${PROBE[@]}" \
@@ -40,4 +68,5 @@ echo
 echo "demo corpus:    $DEMO/audio (pretrain/, labelled/, tasks/*.csv)"
 echo "log-mel shards: $DEMO/mels (index.json, report.json, shards/)"
 echo "pretraining:    $DEMO/pretrain (metrics.jsonl, tensorboard/, checkpoints/, export/)"
+echo "learning curves: $DEMO/pretrain/plots/*.png (losses, monitors, evals vs random init and log-mel)"
 echo "probe table:    $DEMO/probe/table.md (reports and confusion matrices in $DEMO/probe/*/)"

@@ -4,7 +4,7 @@
   WORKDIR/checkpoints/<step>/state/  the train state pytree (`ocp.args.StandardSave`)
   WORKDIR/checkpoints/<step>/data/   the input iterator's state (`grain.checkpoint.CheckpointSave`)
   WORKDIR/damaged_checkpoints/       steps that failed to restore, set aside for inspection
-  WORKDIR/export/                    student encoder params + config.json (`export_encoder`)
+  WORKDIR/export/                    the encoder export (`matpac_jax.export`)
 
 A step is FINISHED when Orbax lists it. On local and other POSIX file systems Orbax writes a
 step into `<step>.orbax-checkpoint-tmp/` (older versions add `-<timestamp>`) and commits it by
@@ -12,13 +12,16 @@ renaming that to `<step>/`; 0.12.8 writes `commit_success.txt` just before the r
 by the name alone, so steps from older Orbax still count. On GCS, which has no atomic rename,
 a step is finished when `<step>/commit_success.txt` exists. Anything named
 `*.orbax-checkpoint-tmp*` is an interrupted save: `Checkpointer` deletes it at start-up.
+
+The step that `python -m matpac_jax.convert from-torch --train_state` writes from a reference
+checkpoint has no `data/` (WORKDIR/converted.json names it): its state is restored and the input
+pipeline starts from its beginning. Any other step without `data/` is damaged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -33,6 +36,7 @@ from matpac_jax import cli
 logger = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+CONVERTED_NAME = "converted.json"  # written by `python -m matpac_jax.convert --train_state`
 
 
 class _SavedDataState:
@@ -149,14 +153,12 @@ class Checkpointer:
         failures = []
         for i, step in enumerate(steps):
             saved_data = _SavedDataState()
+            items = {"state": ocp.args.StandardRestore(target)}
+            has_data = not self._converted_step(step)
+            if has_data:
+                items["data"] = grain.checkpoint.CheckpointRestore(saved_data)
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target),
-                        data=grain.checkpoint.CheckpointRestore(saved_data),
-                    ),
-                )
+                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # pylint: disable=broad-except
                 reason = f"{type(e).__name__}: {e}"
                 then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
@@ -171,8 +173,15 @@ class Checkpointer:
                 continue
             # Applied outside the fallback: a state the iterator refuses (another worker count)
             # is a configuration to fix, not damage to skip.
-            data_iter.set_state(saved_data.raw)
-            data_iter.start_prefetch()
+            if has_data:
+                data_iter.set_state(saved_data.raw)
+                data_iter.start_prefetch()
+            else:
+                logger.warning(
+                    "checkpoint step %d has no input-pipeline position (a converted checkpoint): "
+                    "the input starts from its beginning",
+                    step,
+                )
             self._set_aside([s for s, _ in failures])
             logger.info("restored checkpoint step %d from %s", step, self.directory)
             return restored["state"], step
@@ -183,6 +192,17 @@ class Checkpointer:
             f"({summary}). Refusing to restart from step 0 over them: fix the cause (a changed "
             f"model config gives shape mismatches) or move the directory away to start afresh."
         )
+
+    def _converted_step(self, step: int) -> bool:
+        """Whether `step` is the state-only step that `convert --train_state` wrote (it names
+        it in WORKDIR/converted.json); any other step without `data/` is damaged."""
+        marker = self.workdir / CONVERTED_NAME
+        if (self.directory / str(step) / "data").exists() or not marker.exists():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("step") == step
+        except (ValueError, AttributeError):
+            return False
 
     def _check_process_count(self, step: int) -> None:
         """Input positions are saved one per process: refuse another process count clearly."""
@@ -237,68 +257,31 @@ def _remove_unfinished(directory: epath.Path) -> None:
                 path.unlink()
 
 
-def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
-    """Writes WORKDIR/export/{params/, config.json}, replacing an earlier export whole.
+def write_state_only(workdir: str, step: int, state: Any, info: dict) -> str:
+    """Writes a train state as checkpoint `step` of WORKDIR without an input position.
+
+    For `python -m matpac_jax.convert from-torch --train_state`: the trainer restores this step
+    (WORKDIR/converted.json names it) and starts its input pipeline from the beginning.
 
     Args:
-      workdir: the run's directory.
-      params_encoder: the student encoder's parameter pytree.
-      config: front-end and model config, JSON-serialisable.
+      workdir: the run's directory (created if needed); must hold no checkpoints yet.
+      step: the step the state has reached.
+      state: the train state pytree, as `train_step.init_state` builds it.
+      info: what converted.json records beside the step (source, model sizes, ...).
 
     Returns:
-      The export directory.
+      The step's folder.
     """
-    try:
-        config_text = json.dumps(config, indent=2, sort_keys=True)
-    except TypeError as e:
-        raise TypeError(
-            f"export config must be JSON-serialisable (plain dicts, lists, numbers, strings): {e}"
-        ) from None
     workdir = epath.Path(cli.abspath(workdir))
-    final, tmp, old = (workdir / n for n in ("export", ".export.tmp", ".export.old"))
-    # Fixed temp names: every process of a multi-host run must name the same directory.
-    if jax.process_index() == 0:
-        for stale in (tmp, old):
-            if stale.exists():
-                stale.rmtree()
-        tmp.mkdir(parents=True)
-    _barrier("matpac_export_start")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "params", params_encoder)
-    if jax.process_index() == 0:
-        (tmp / "config.json").write_text(config_text)
-        # Directories cannot be renamed over one another: the old export is moved aside first,
-        # so a reader may briefly find no export, but never a partial one.
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        if old.exists():
-            old.rmtree()
-    _barrier("matpac_export_done")
-    logger.info("exported the encoder to %s", final)
-    return os.fspath(final)
-
-
-def load_export(path: str, sharding: jax.sharding.Sharding | None = None) -> tuple[Any, dict]:
-    """Reads an `export_encoder` directory.
-
-    Args:
-      path: the export directory.
-      sharding: where every array goes; the first local device by default.
-
-    Returns:
-      (params, config).
-    """
-    path = epath.Path(cli.abspath(path))  # Orbax needs absolute paths
-    if not (path / "config.json").exists() or not (path / "params").exists():
-        raise FileNotFoundError(
-            f"{path} is not an encoder export (expected params/ and "
-            f"config.json, as written by export_encoder)"
-        )
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ckptr = ocp.StandardCheckpointer()
-    tree = ckptr.metadata(path / "params").item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
-    params = ckptr.restore(path / "params", target)
-    ckptr.close()
-    return params, json.loads((path / "config.json").read_text())
+    directory = workdir / "checkpoints"
+    manager = ocp.CheckpointManager(
+        directory,
+        item_names=("state",),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+    )
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    # Written last: a step without data/ and without this marker counts as damaged.
+    (workdir / CONVERTED_NAME).write_text(json.dumps({**info, "step": step}, indent=2))
+    return str(directory / str(step))

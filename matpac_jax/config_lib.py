@@ -11,7 +11,7 @@ import importlib.util
 import ml_collections
 from ml_collections import config_dict
 
-from matpac_jax import cli
+from matpac_jax import cli, evaluators
 
 # The papers' pretraining data (AudioSet clips >= 6 s); used only to state the paper schedule.
 PAPER_NUM_CLIPS = 2_012_615
@@ -141,6 +141,16 @@ def pretraining_config(
     c.keep_checkpoints = 3
     c.max_consecutive_skips = 20  # non-finite steps in a row before the run stops
 
+    # Probe evaluators during training (matpac_jax/evaluators.py): eval/<task>/<metric> rows.
+    c.evals = ""  # comma-separated task CSVs or demo:timbre, demo:pitch, demo:event; "" none
+    c.eval_every = 0  # steps between evaluations (0: only before the first and after the last)
+    c.eval_teacher = False  # also score the teacher encoder (eval/<task>/teacher_<metric>)
+    c.eval_protocols = "knn"  # comma-separated: knn (cheap), linear (probe_lib, a subsample)
+    c.eval_knn_k = evaluators.KNN_K  # neighbours voting, weighted by exp(cosine / temperature)
+    c.eval_knn_temperature = evaluators.KNN_TEMPERATURE
+    c.eval_linear_max_train = evaluators.LINEAR_MAX_TRAIN  # training clips of the linear probe
+    c.eval_cache = "~/.cache/matpac_jax/eval"  # the eval clips' log-mels, keyed by their files
+
     if runlocal:
         c.model.variant = "mu" if variant == "B" else variant
         c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 64
@@ -155,4 +165,7 @@ def pretraining_config(
         c.ema.cls_head = (0.99, 1.0)
         c.log_every = 25
         c.checkpoint_every = 500
+        # "auto": the demo tasks when training on the demo corpus (no --config.data.dir).
+        c.evals = "auto"
+        c.eval_every = 250  # 7 evaluations of 1,500 steps: a few % of the run
     return c

@@ -147,10 +147,14 @@ def _parser() -> cli.ArgumentParser:
         default=32,
         help="files (and chunks) per model call",
     )
-    p.add_argument(
-        "--num_workers", type=cli.int_at_least(0), default=4, help="decoding threads"
-    )
+    p.add_argument("--num_workers", type=cli.int_at_least(0), default=4, help="decoding threads")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of the encoder (float32: the reference's embeddings)",
+    )
     return p
 
 
@@ -169,7 +173,7 @@ def _embed(args, input_dir: str, paths: list[str]) -> dict[str, np.ndarray]:
                 "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/matpac_jax/jax")
             ),
         )
-    encoder = inference.load_encoder(args.encoder, batch_size=args.batch_size)
+    encoder = inference.load_encoder(args.encoder, batch_size=args.batch_size, dtype=args.dtype)
     return embed_folder(
         encoder,
         input_dir,

@@ -3,6 +3,7 @@
   enc = Encoder.load("runs/b/export")       # an export, a training workdir, "random[:VARIANT]"
   emb = enc.embed(wave, 16_000)             # (3840,) for one clip, (n, 3840) for a list of clips
   out = enc.embed(waves, 44_100, layers=True, timestamps=True)   # an `Embeddings`
+  pred = Encoder.load("exports/as").classify(wave, 16_000)       # with a head: `Predictions`
 
 Per clip: resample to 16 kHz (soxr HQ) -> log-mel -> normalise -> pad the frame axis with zeros to
 a multiple of 16 -> chunks of `max_frames` (608) frames -> each chunk through the student encoder,
@@ -19,6 +20,8 @@ Batching: the chunks of all clips in a call are grouped by length; each group ru
 at most `batch_size` chunks, the batch padded with zero rows to the next power of two. The jitted
 function so compiles once per (chunk length, bucket, output kind), not once per clip, and a clip's
 embedding does not depend on which clips share its call (up to float32 summation order, ~1e-6).
+
+Precision: float32 by default, whatever dtype the run trained in (`dtype` to choose).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from matpac_jax import audio, checkpointing, cli, models
+from matpac_jax import audio, cli, export, models
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,21 @@ class Embeddings:
     clip: np.ndarray
     steps: np.ndarray | list[np.ndarray]
     times: np.ndarray | list[np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """What `Encoder.classify` returns.
+
+    Attributes:
+      probs: class probabilities, (n, C) float32 ((C,) for a single clip).
+      top: per clip, the `top_k` most probable (label, probability) pairs.
+      labels: the C class names, in the order of `probs`.
+    """
+
+    probs: np.ndarray
+    top: list
+    labels: list[str]
 
 
 def _as_clips(waves: Any) -> tuple[list[np.ndarray], bool]:
@@ -154,11 +172,14 @@ class Encoder:
     Args:
       model_config: a `ModelConfig`, a variant name or a mapping (see `models.model_config`).
       params: the encoder's parameters {"patch_embed", "cls_token", "student"} (pure dicts, as
-        `checkpointing.load_export` returns them).
+        `export.load_export` returns them); other entries are ignored.
+      head: a `classifier.Head` for `classify` (an export's AudioSet head or probe), or None.
       front_end: log-mel parameters; the papers' by default.
       normalization: {"mean", "std"} of the log-mels; AudioSet's by default.
       batch_size: most chunks (of up to 608 frames) per model call.
-      dtype: compute dtype overriding the config's (e.g. "float32" for a bfloat16 export on CPU).
+      dtype: compute dtype of the matmuls: float32 by default, whatever the run trained in (the
+        reference embeds in float32); "bfloat16" is faster on accelerators; None keeps the
+        training config's.
     """
 
     def __init__(
@@ -169,12 +190,14 @@ class Encoder:
         front_end: audio.FrontEnd | None = None,
         normalization: Mapping[str, float] | None = None,
         batch_size: int = 32,
-        dtype: str | None = None,
+        dtype: str | None = "float32",
+        head: Any = None,
     ):
         cfg = dataclasses.replace(models.model_config(model_config), remat=False)
         if dtype is not None:
             cfg = dataclasses.replace(cfg, dtype=dtype)
         self.model_config = cfg
+        self.head = head
         self.front_end = front_end or audio.FrontEnd(n_mels=cfg.n_mels)
         if self.front_end.n_mels != cfg.n_mels:
             raise ValueError(
@@ -260,13 +283,19 @@ class Encoder:
 
     @classmethod
     def from_export(cls, path: str, **kwargs) -> Encoder:
-        """An encoder from a `checkpointing.export_encoder` directory (its front end too)."""
-        params, config = checkpointing.load_export(path)
+        """An encoder from an export folder (matpac_jax/export.py): its front end and head too."""
+        params, config = export.load_export(path)
+        head = None
+        if config.get("head") and "head" in params:
+            from matpac_jax import classifier  # pylint: disable=g-import-not-at-top
+
+            head = classifier.Head.from_export(params["head"], config["head"])
         return cls(
             config["model"],
             params,
             front_end=audio.FrontEnd(**config["front_end"]),
             normalization=config.get("normalization"),
+            head=head,
             **kwargs,
         )
 
@@ -344,6 +373,38 @@ class Encoder:
                 return Embeddings(clip[0], steps[0], times[0])
             return Embeddings(clip, steps, times)
         return clip[0] if single else clip
+
+    def classify(
+        self, audio_in: Any, sample_rate: int, *, top_k: int = 5, activation: str | None = None
+    ) -> Predictions:
+        """Class probabilities and top labels from the export's head (AudioSet or a probe).
+
+        Args:
+          audio_in: as for `embed`.
+          sample_rate: their sample rate.
+          top_k: labels kept per clip, most probable first.
+          activation: "softmax" (the reference's, the default) or "sigmoid" (independent
+            per-class probabilities, e.g. for AudioSet's multi-label classes).
+
+        Returns:
+          `Predictions`; for a single 1-D clip, `probs` is (C,) and `top` one list.
+
+        Raises:
+          ValueError: the encoder has no head.
+        """
+        if self.head is None:
+            raise ValueError(
+                "this encoder has no classification head: convert the published AudioSet model "
+                "or add a probe (python -m matpac_jax.convert from-torch ... --probe P)"
+            )
+        clip = self.embed(audio_in, sample_rate)
+        single = clip.ndim == 1
+        bands = self.model_config.n_mels // self.model_config.patch
+        probs = self.head.probabilities(np.atleast_2d(clip), bands, activation)
+        top = self.head.top(probs, top_k)
+        if single:
+            return Predictions(probs[0], top[0], self.head.labels)
+        return Predictions(probs, top, self.head.labels)
 
     def _run_window(self, mels, all_layers, per_step, clip_out, steps_out) -> None:
         """Runs the chunks of padded normalised log-mels; appends (L, E) means (and steps)."""

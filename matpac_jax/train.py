@@ -31,7 +31,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from matpac_jax import checkpointing, cli, config_lib, dirlock, distributed, input_pipeline
+from matpac_jax import audio, checkpointing, cli, config_lib, dirlock, distributed, export
+from matpac_jax import evaluators, input_pipeline
 from matpac_jax import metric_writer
 from matpac_jax import models, optimizer, schedules, shards, sharding, train_step as ts
 
@@ -127,6 +128,7 @@ def check_config(config) -> None:
                 f"--config.data.dir {config.data.dir}: no {shards.INDEX_NAME}, not a folder of "
                 "log-mel shards; make one with python -m matpac_jax.preprocess"
             )
+    evaluators.check_config(config)
 
 
 def run_schedules(config, num_records: int) -> tuple[schedules.Schedules, dict]:
@@ -291,6 +293,20 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
         donate_argnums=0,
     )
 
+    # ---------------------------------------------------------------- evaluators
+    # Tasks and their log-mels are read here, on process 0 (which alone scores), and the
+    # baselines written once per workdir; the other processes wait for it at a barrier
+    # (matpac_jax/evaluators.py).
+    evals = evaluators.TrainingEvals(
+        config,
+        model_cfg,
+        audio.FrontEnd(**index["front_end"]),
+        mesh,
+        total_steps,
+        write=process == 0,
+    )
+    evals.write_baselines(workdir)
+
     # ---------------------------------------------------------------- checkpoints
     ckpt = checkpointing.Checkpointer(
         workdir, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
@@ -311,6 +327,12 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
 
     # ---------------------------------------------------------------- loop
     stop = distributed.StopRequest()
+    # Step 0 once: a fresh start after an attempt that never checkpointed finds its row there.
+    if start == 0 and evals.due(0):
+        row = evals(state)
+        logging.info("step 0: %s", evaluators.summary(row))
+        if process == 0 and not evaluators.step_logged(workdir, 0):
+            writer.write(0, row)
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
     bar = tqdm(
@@ -330,11 +352,17 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
             state, metrics = step_fn(state, batch)
             done = step + 1
             stopping = stop(done)
-            if done % config.log_every == 0 or done == total_steps or stopping:
+            evaluating = evals.due(done)  # on schedule only: a resumed run evaluates the same
+            if done % config.log_every == 0 or done == total_steps or stopping or evaluating:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 rate = (done - tick_step) / max(now - tick, 1e-9)
                 last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
+                if evaluating:  # in the step's row, before its checkpoint
+                    scores = evals(state)
+                    logging.info("step %d: %s", done, evaluators.summary(scores))
+                    last.update(scores)
+                    now = time.perf_counter()  # the next rate counts training alone
                 tick, tick_step = now, done
                 writer.write(done, last)
                 if bar.disable:
@@ -364,7 +392,7 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
                 ckpt.save(done, state, data_iter, force=True)
                 break
         else:
-            checkpointing.export_encoder(
+            export.export_encoder(
                 workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
             )
             exported = True

@@ -9,7 +9,9 @@ prediction loss -> classification loss on the winning prediction against the cen
 sharpened teacher -> AdamW on the student; EMA of the teachers from the student weights that
 produced this step's loss (as the reference, which updates them inside its forward pass); new
 centre for the next step. A non-finite loss or gradient norm leaves every part of the state
-but `step` and `skips` as it was.
+but `step` and `skips` (and the learning-rate clock, which follows `step`) as it was.
+
+`step_loss` is the loss alone, for a batch and a mask given by the caller (parity checks).
 """
 
 from __future__ import annotations
@@ -80,6 +82,84 @@ def _select(pred: jax.Array, new, old):
     return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
+def with_lr_clock(opt_state: Any, step: jax.Array | int) -> Any:
+    """The optimiser state with its learning-rate schedule's count set to `step`.
+
+    optax counts the updates it applied; the masks, EMA momenta and temperatures follow the
+    state's `step`. A skipped (non-finite) step or a fresh optimiser on a converted checkpoint
+    would set the two apart; this keeps the learning rate on the step's clock, as fairseq keeps
+    one update counter for all. Adam's own count (its bias correction) is left alone: it counts
+    the moment updates, as torch's Adam does.
+    """
+
+    def fix(node):
+        if isinstance(node, optax.ScaleByScheduleState):
+            return node._replace(count=jnp.asarray(step, node.count.dtype))
+        return node
+
+    return jax.tree.map(fix, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+
+
+def step_loss(
+    params: Any,
+    teacher_state: Any,
+    center: jax.Array,
+    step: jax.Array | int,
+    x: jax.Array,
+    mask: masking.Mask,
+    *,
+    model_cfg: models.ModelConfig,
+    step_cfg: StepConfig,
+    sched: schedules.Schedules,
+    graphs: tuple | None = None,
+) -> tuple[jax.Array, tuple[dict, dict, jax.Array]]:
+    """The training loss of one step for a given batch and mask (what the step differentiates).
+
+    Public for parity checks against other implementations: pass the mask the other side drew.
+
+    Args:
+      params: the student's parameters (pure dict).
+      teacher_state: the teachers' parameters {"encoder", "cls_head"}.
+      center: (1, C) centre of the teacher logits or probabilities.
+      step: the step, for the schedules (MCL and teacher temperatures).
+      x: (B, F, T) normalised log-mels.
+      mask: visible and masked token indices, (B, Nv) and (B, Nm).
+      model_cfg, step_cfg, sched: the run's model, loss numbers and schedules.
+      graphs: (student, teacher) graph definitions, `graphdefs(model_cfg)` by default.
+
+    Returns:
+      (loss, (loss_aux with "loss/pred" and "loss/cls", monitors, new centre)).
+    """
+    graph_s, graph_t = graphs or graphdefs(model_cfg)
+    s = sched(step)
+    student, teacher = nnx.merge(graph_s, params), nnx.merge(graph_t, teacher_state)
+    z_hat, z_m, _ = models.forward(
+        student, teacher, x, mask.visible_idx, mask.masked_idx
+    )  # (B, M, K, D), (B, M, D)
+    d = losses.prediction_distance(z_hat, z_m)  # (B, M, K)
+    if step_cfg.mcl:
+        pred_tok, best, weights = losses.mcl_prediction_loss(
+            d, s["mcl_temperature"], step_cfg.mcl_threshold
+        )
+    else:  # MATPAC: one head, plain loss
+        pred_tok, best, weights = d[..., 0], jnp.zeros(d.shape[:2], jnp.int32), jnp.ones_like(d)
+    p_student = student.cls_logits(losses.select_hypothesis(z_hat, best))
+    cls_tok, q, new_center = losses.cls_loss_and_new_center(
+        p_student,
+        teacher.cls_logits(z_m),
+        center,
+        s["teacher_tau"],
+        center_on=step_cfg.center_on,
+        student_temp=step_cfg.student_temp,
+        center_momentum=step_cfg.center_momentum,
+    )
+    total, loss_aux = losses.matpac_loss(
+        pred_tok, cls_tok, step_cfg.alpha, step_cfg.alpha_weighting
+    )
+    monitors = losses.collapse_monitors(best, weights, z_hat, z_m, q)
+    return total, (loss_aux, monitors, new_center)
+
+
 def make_train_step(
     model_cfg: models.ModelConfig,
     step_cfg: StepConfig,
@@ -88,7 +168,7 @@ def make_train_step(
     seed: int,
 ) -> Callable[[State, jax.Array], tuple[State, dict]]:
     """Returns `train_step(state, x) -> (state, metrics)`; x (B, F, T) normalised log-mels."""
-    graph_s, graph_t = graphdefs(model_cfg)
+    graphs = graphdefs(model_cfg)
     if not step_cfg.mcl and model_cfg.num_mcl_heads != 1:
         raise ValueError(
             f"the plain (non-MCL) loss needs one prediction head, the model has "
@@ -102,46 +182,28 @@ def make_train_step(
         key = jax.random.fold_in(jax.random.key(seed), step)
         mask = masking.random_masking(key, batch_size, num_patches, step_cfg.mask_ratio)
         s = sched(step)
-        teacher = nnx.merge(graph_t, state["teacher"])
 
         def loss_fn(params):
-            student = nnx.merge(graph_s, params)
-            z_hat, z_m, _ = models.forward(
-                student, teacher, x, mask.visible_idx, mask.masked_idx
-            )  # (B, M, K, D), (B, M, D)
-            d = losses.prediction_distance(z_hat, z_m)  # (B, M, K)
-            if step_cfg.mcl:
-                pred_tok, best, weights = losses.mcl_prediction_loss(
-                    d, s["mcl_temperature"], step_cfg.mcl_threshold
-                )
-            else:  # MATPAC: one head, plain loss
-                pred_tok, best, weights = (
-                    d[..., 0],
-                    jnp.zeros(d.shape[:2], jnp.int32),
-                    jnp.ones_like(d),
-                )
-            p_student = student.cls_logits(losses.select_hypothesis(z_hat, best))
-            cls_tok, q, new_center = losses.cls_loss_and_new_center(
-                p_student,
-                teacher.cls_logits(z_m),
+            return step_loss(
+                params,
+                state["teacher"],
                 state["center"],
-                s["teacher_tau"],
-                center_on=step_cfg.center_on,
-                student_temp=step_cfg.student_temp,
-                center_momentum=step_cfg.center_momentum,
+                step,
+                x,
+                mask,
+                model_cfg=model_cfg,
+                step_cfg=step_cfg,
+                sched=sched,
+                graphs=graphs,
             )
-            total, loss_aux = losses.matpac_loss(
-                pred_tok, cls_tok, step_cfg.alpha, step_cfg.alpha_weighting
-            )
-            monitors = losses.collapse_monitors(best, weights, z_hat, z_m, q)
-            return total, (loss_aux, monitors, new_center)
 
         params = state["params"]
         (loss, (loss_aux, monitors, new_center)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params
         )
         grad_norm = optax.tree.norm(grads)
-        updates, new_opt = tx.update(grads, state["opt"], params)
+        # The learning rate of this update is the schedule at `step`, whatever optax counted.
+        updates, new_opt = tx.update(grads, with_lr_clock(state["opt"], step), params)
         new_teacher = {
             "encoder": ema.ema_update(
                 state["teacher"]["encoder"], params["student"], s["ema/encoder"], step
@@ -151,17 +213,20 @@ def make_train_step(
             ),
         }
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        kept = _select(
+            ok,
+            {
+                "params": optax.apply_updates(params, updates),
+                "opt": new_opt,
+                "teacher": new_teacher,
+                "center": new_center,
+            },
+            {k: state[k] for k in ("params", "opt", "teacher", "center")},
+        )
         new_state = {
-            **_select(
-                ok,
-                {
-                    "params": optax.apply_updates(params, updates),
-                    "opt": new_opt,
-                    "teacher": new_teacher,
-                    "center": new_center,
-                },
-                {k: state[k] for k in ("params", "opt", "teacher", "center")},
-            ),
+            **kept,
+            # A skipped step keeps the moments but not the clock: lr and schedules move on together.
+            "opt": with_lr_clock(kept["opt"], step + 1),
             "step": step + 1,
             "skips": jnp.where(ok, 0, state["skips"] + 1),
         }

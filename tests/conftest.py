@@ -92,4 +92,4 @@ def logged_losses(workdir):
         rows = [json.loads(line) for line in f]
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), "a step was logged twice (by two processes?)"
-    return {r["step"]: r["loss"] for r in rows}
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}  # step 0: evaluations only

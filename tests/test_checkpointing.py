@@ -1,4 +1,4 @@
-"""Checkpointing (matpac_jax/checkpointing.py): resume, retention, damage, shards, lock, export."""
+"""Checkpointing (matpac_jax/checkpointing.py): resume, retention, damage, shards, lock, converted steps."""
 
 import logging
 import os
@@ -227,21 +227,20 @@ def test_restore_onto_other_shardings(tmp_path, data_dir):
     ckpt.close()
 
 
-def test_export_roundtrip_replaces_earlier_export(tmp_path):
-    mesh = Mesh(np.array(jax.devices()), ("x",))
-    config = {"front_end": {"n_mels": 80, "hop": 160}, "model": {"variant": "B", "patch": 16}}
-    checkpointing.export_encoder(str(tmp_path), _state(5)["params"], {"old": True})
-    params = _state(6, mesh)["params"]
-    path = checkpointing.export_encoder(str(tmp_path), params, config)
-    assert path == str(tmp_path / "export")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temp dirs left
-    loaded, loaded_config = checkpointing.load_export(path)
-    assert loaded_config == config
-    _assert_trees_equal(loaded, params)
-    assert all(
-        x.sharding == SingleDeviceSharding(jax.local_devices()[0]) for x in jax.tree.leaves(loaded)
-    )
-    with pytest.raises(TypeError, match="JSON-serialisable"):
-        checkpointing.export_encoder(str(tmp_path), params, {"bad": object()})
-    with pytest.raises(FileNotFoundError, match="not an encoder export"):
-        checkpointing.load_export(str(tmp_path / "nowhere"))
+def test_converted_step_without_input_position_restores_its_state(tmp_path, data_dir, caplog):
+    state = _state(3)
+    checkpointing.write_state_only(str(tmp_path), 4, state, {"source": "x.pt"})
+    assert not (tmp_path / "checkpoints" / "4" / "data").exists()
+    ckpt, it = _checkpointer(tmp_path), _iterator(data_dir)
+    with caplog.at_level(logging.WARNING, logger=checkpointing.__name__):
+        restored, step = ckpt.restore_latest(_state(0), it)
+    assert step == 4 and "no input-pipeline position" in caplog.text
+    _assert_trees_equal(restored, jax.tree.map(np.asarray, state))
+    np.testing.assert_array_equal(next(it), next(_iterator(data_dir)))  # from the beginning
+    assert ckpt.save(5, restored, it)  # the next save writes both items
+    ckpt.close()
+    # Any other step without data/ is damage, not a converted checkpoint.
+    shutil.rmtree(tmp_path / "checkpoints" / "5" / "data")
+    (tmp_path / "converted.json").unlink()
+    with pytest.raises(RuntimeError, match="none of the 2 checkpoints"):
+        _checkpointer(tmp_path).restore_latest(_state(0), _iterator(data_dir))

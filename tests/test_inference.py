@@ -14,7 +14,7 @@ import pytest
 import soxr
 from flax import nnx
 
-from matpac_jax import audio, checkpointing, cli, models
+from matpac_jax import audio, checkpointing, cli, export, models
 from matpac_jax.inference import ENCODER_KEYS, Encoder, LogMelBaseline
 
 CFG = models.model_config("mu")  # D = 32: 5 x 32 = 160 features per step
@@ -125,8 +125,8 @@ def test_load_export_workdir_and_checkpoint_only_workdir(tmp_path, student, enco
         "normalization": {"mean": MEAN, "std": STD},
         "crop_frames": 608,
     }
-    export = checkpointing.export_encoder(str(tmp_path / "run"), _params(student), config)
-    for spec in (export, str(tmp_path / "run")):
+    path = export.export_encoder(str(tmp_path / "run"), _params(student), config)
+    for spec in (path, str(tmp_path / "run")):
         np.testing.assert_array_equal(Encoder.load(spec).embed(wave, 16_000), want)
 
     # A workdir with only checkpoints: the newest step's student encoder, config from run.json.
@@ -149,6 +149,17 @@ def test_load_export_workdir_and_checkpoint_only_workdir(tmp_path, student, enco
         Encoder.load(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="do not match the model config"):
         Encoder("Ti", _params(student))
+
+
+def test_embeddings_are_float32_whatever_the_run_trained_in(student, encoder):
+    wave = _noise(1.0, seed=11)
+    bf16 = dataclasses.replace(CFG, dtype="bfloat16")  # an accelerator run's export
+    default = Encoder(bf16, _params(student))
+    assert default.model_config.dtype == "float32"
+    np.testing.assert_array_equal(default.embed(wave, 16_000), encoder.embed(wave, 16_000))
+    as_trained = Encoder(bf16, _params(student), dtype=None)
+    assert as_trained.model_config.dtype == "bfloat16"
+    assert not np.allclose(as_trained.embed(wave, 16_000), encoder.embed(wave, 16_000), atol=1e-5)
 
 
 class _FakeDataIterator:

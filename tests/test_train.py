@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import logged_losses, subprocess_env, write_mel_dataset
-from matpac_jax import checkpointing, dirlock
+
+from matpac_jax import dirlock, export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 120
@@ -75,7 +75,7 @@ def test_uninterrupted_run_learns_and_exports(reference):
         np.mean([losses[s] for s in (TOTAL - 10, TOTAL - 5, TOTAL)]),
     )
     assert last < first - 0.2, (first, last)
-    params, config = checkpointing.load_export(os.path.join(reference, "export"))
+    params, config = export.load_export(os.path.join(reference, "export"))
     assert set(params) == {"patch_embed", "cls_token", "student"}
     assert config["model"]["max_frames"] == 64 and config["front_end"]["n_mels"] == 80
     with open(os.path.join(reference, "metrics.jsonl")) as f:
@@ -96,10 +96,10 @@ def test_uninterrupted_run_learns_and_exports(reference):
         assert key in row
 
 
-def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path):
-    workdir = str(tmp_path / "run")
+def _run_until_logged_then_sigterm(cmd, workdir):
+    """Starts a run, sends SIGTERM once a training step is logged; returns (stdout, stderr)."""
     proc = subprocess.Popen(
-        _cmd(workdir, data_dir),
+        cmd,
         cwd=ROOT,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
@@ -108,13 +108,19 @@ def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path
     )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+    while time.time() < deadline and proc.poll() is None:  # past step 0's evaluation, if any
+        if os.path.exists(metrics) and '"loss"' in _read(metrics):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    return stdout, err
+
+
+def test_sigterm_then_resume_continues_identically(reference, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    stdout, err = _run_until_logged_then_sigterm(_cmd(workdir, data_dir), workdir)
     stopped_at = max(logged_losses(workdir))
     assert stopped_at < TOTAL, "the run finished before the signal: nothing was tested"
     assert "saving step" in err
@@ -180,3 +186,118 @@ def test_non_finite_run_stops_keeping_last_good_checkpoint(tmp_path):
     assert out.returncode != 0
     assert "non-finite steps in a row" in out.stderr
     assert not os.path.exists(os.path.join(workdir, "export"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluators during training (matpac_jax/evaluators.py).
+
+EVAL_EVERY = 40
+TIMING = ("steps_per_s", "examples_per_s", "eval/seconds")
+
+
+@pytest.fixture(scope="module")
+def eval_tasks(tmp_path_factory):
+    """Two tasks over the same tone clips: `tones` (easy) and `shuffled` (random labels, so its
+    score moves with every change of the embeddings: a sharp test of equality)."""
+    from test_evaluators import write_tone_task
+
+    root = tmp_path_factory.mktemp("eval_tasks")
+    tones = write_tone_task(str(root), per_class=(20, 2, 10))
+    with open(tones) as f:
+        header, *rows = f.read().splitlines()
+    labels = np.random.default_rng(1).choice(["a", "b", "c"], size=len(rows))
+    shuffled = str(root / "shuffled.csv")
+    with open(shuffled, "w") as f:
+        lines = [",".join([r.split(",")[0], lab, r.split(",")[2]]) for r, lab in zip(rows, labels)]
+        f.write("\n".join([header, *lines]) + "\n")
+    return tones, shuffled, str(root / "cache")
+
+
+def _eval_args(eval_tasks):
+    tones, shuffled, cache = eval_tasks
+    return [
+        f"--config.evals={tones},{shuffled}",
+        f"--config.eval_every={EVAL_EVERY}",
+        "--config.eval_knn_k=5",  # a vote of few neighbours: scores that move with the weights
+        "--config.eval_teacher=true",
+        f"--config.eval_cache={cache}",
+    ]
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _rows(workdir):
+    """{step: row} of metrics.jsonl; a step logged twice is an error."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
+    return {r["step"]: r for r in rows}
+
+
+def _scores(rows):
+    return {
+        s: {k: v for k, v in r.items() if k.startswith("eval/") and k not in TIMING}
+        for s, r in rows.items()
+        if "eval/seconds" in r
+    }
+
+
+@pytest.fixture(scope="module")
+def eval_reference(tmp_path_factory, data_dir, eval_tasks):
+    workdir = str(tmp_path_factory.mktemp("eval_reference"))
+    out = _run(_cmd(workdir, data_dir, *_eval_args(eval_tasks)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_evaluations_are_logged_with_baselines(eval_reference):
+    rows = _rows(eval_reference)
+    scores = _scores(rows)
+    assert sorted(scores) == list(range(0, TOTAL + 1, EVAL_EVERY))
+    keys = {f"eval/{t}/{p}knn_acc" for t in ("tones", "shuffled") for p in ("", "teacher_")}
+    assert all(set(s) == keys for s in scores.values())
+    assert set(rows[0]) == keys | {"step", "eval/seconds"}  # step 0: before training
+    assert sorted(s for s, r in rows.items() if "loss" in r) == list(range(5, TOTAL + 1, 5))
+    shuffled = [s["eval/shuffled/knn_acc"] for s in scores.values()]
+    assert len(set(shuffled)) > 1, shuffled  # else the equality tests below would prove little
+    with open(os.path.join(eval_reference, "eval_baselines.json")) as f:
+        baselines = json.load(f)
+    student = {k for k in keys if "teacher" not in k}
+    assert set(baselines["random"]) == set(baselines["logmel"]) == student
+    assert baselines["logmel"]["eval/tones/knn_acc"] == 1.0
+
+
+def test_in_training_evaluation_equals_the_offline_one(eval_reference, eval_tasks, tmp_path):
+    tones, shuffled, cache = eval_tasks
+    rows = _rows(eval_reference)
+    # The newest checkpoint of a copy without the export and the last checkpoint: step 80.
+    earlier = str(tmp_path / "earlier")
+    shutil.copytree(eval_reference, earlier)
+    shutil.rmtree(os.path.join(earlier, "export"))
+    shutil.rmtree(os.path.join(earlier, "checkpoints", str(TOTAL)))
+    for workdir, step in ((eval_reference, TOTAL), (earlier, TOTAL - EVAL_EVERY)):
+        cmd = [sys.executable, "-m", "matpac_jax.evaluators", "--encoder", workdir, "--knn_k=5"]
+        out = _run(cmd + ["--task", tones, "--task", shuffled, "--cache", cache])
+        assert out.returncode == 0, out.stderr[-3000:]
+        offline = json.loads(out.stdout.splitlines()[-1])
+        for key in ("eval/tones/knn_acc", "eval/shuffled/knn_acc"):
+            assert abs(offline[key] - rows[step][key]) <= 1e-6, (step, key, offline, rows[step])
+
+
+def test_sigterm_then_resume_evaluates_identically(eval_reference, data_dir, eval_tasks, tmp_path):
+    workdir = str(tmp_path / "run")
+    cmd = _cmd(workdir, data_dir, *_eval_args(eval_tasks))
+    _run_until_logged_then_sigterm(cmd, workdir)
+    stopped_at = max(_rows(workdir))
+    assert stopped_at < TOTAL, "the run finished before the signal: nothing was tested"
+    out = _run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in out.stderr
+    resumed, ref = _rows(workdir), _rows(eval_reference)
+    assert _scores(resumed) == _scores(ref)
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING}
+    assert all(strip(resumed[s]) == strip(ref[s]) for s in ref)

@@ -5,6 +5,8 @@ model itself is tested in test_models.py), so this checks what the step does wit
 hypothesis reaches the cls head, the temperatures, the centre, the weighting.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,8 +133,10 @@ def test_non_finite_batch_skips_update():
     x = _batch(1).at[0, 3, 5].set(jnp.nan)
     state, metrics = step(state, x)
     assert int(metrics["skipped"]) == 1 and int(state["skips"]) == 1
-    for k in ("params", "teacher", "opt", "center"):
+    for k in ("params", "teacher", "center"):
         jax.tree.map(np.testing.assert_array_equal, state[k], before[k])
+    # The moments stay; only the learning-rate clock moves on with the step.
+    jax.tree.map(np.testing.assert_array_equal, state["opt"], ts.with_lr_clock(before["opt"], 2))
     assert int(state["step"]) == 2
     state, _ = step(state, x)
     assert int(state["skips"]) == 2
@@ -148,3 +152,52 @@ def test_matpac_plain_loss_needs_one_head():
     want, *_ = _reference_loss(model_cfg, sched, state, x, 0)  # K = 1: MCL == plain loss
     _, metrics = step(state, x)
     assert float(metrics["loss"]) == pytest.approx(want, rel=2e-5)
+
+
+def _schedule_counts(opt_state):
+    nodes = jax.tree.leaves(
+        opt_state,
+        is_leaf=lambda n: isinstance(n, (optax.ScaleByScheduleState, optax.ScaleByAdamState)),
+    )
+    return {type(n).__name__: int(n.count) for n in nodes if hasattr(n, "count")}
+
+
+def test_learning_rate_stays_on_the_steps_clock():
+    _, sched, state, step = _setup()
+    state, _ = step(state, _batch(0))
+    x = _batch(1).at[0, 3, 5].set(jnp.nan)
+    state, _ = step(state, x)  # skipped: Adam's moments and count stay, the lr clock moves on
+    assert int(state["step"]) == 2
+    assert _schedule_counts(state["opt"]) == {"ScaleByAdamState": 1, "ScaleByScheduleState": 2}
+    # A fresh optimiser on a later step (a converted checkpoint): the update uses lr(step).
+    params = state["params"]
+    fresh = {
+        **state,
+        "opt": optax.adamw(sched.lr, weight_decay=0.05).init(params),
+        "step": jnp.int32(5),
+    }
+    new, metrics = step(fresh, _batch(2))
+    assert _schedule_counts(new["opt"]) == {"ScaleByAdamState": 1, "ScaleByScheduleState": 6}
+    # First Adam step: update = -lr * (sign(g) + weight decay * p), so lr(5) shows in the change.
+    leaf = new["params"]["cls_token"] - params["cls_token"]
+    grads_sign_bound = float(sched.lr(5)) * (1 + 0.05 * float(jnp.abs(params["cls_token"]).max()))
+    assert 0 < float(jnp.abs(leaf).max()) <= grads_sign_bound * (1 + 1e-5)
+    assert float(jnp.abs(leaf).max()) > 0.5 * float(sched.lr(5))
+    assert float(metrics["lr"]) == pytest.approx(float(sched.lr(5)))
+
+
+def test_step_loss_is_the_loss_of_the_step():
+    model_cfg, sched, state, step = _setup()
+    step_cfg, _ = tiny_step_parts()
+    x = _batch(4)
+    mask = masking.random_masking(jax.random.fold_in(jax.random.key(SEED), 0), B, 8, 0.7)
+    loss_of = jax.jit(
+        functools.partial(ts.step_loss, model_cfg=model_cfg, step_cfg=step_cfg, sched=sched)
+    )
+    loss, (aux, _, new_center) = loss_of(
+        state["params"], state["teacher"], state["center"], 0, x, mask
+    )
+    new, metrics = step(state, x)
+    assert float(loss) == pytest.approx(float(metrics["loss"]), rel=1e-6)
+    assert float(aux["loss/cls"]) == pytest.approx(float(metrics["loss_cls"]), rel=1e-6)
+    np.testing.assert_allclose(new_center, new["center"], rtol=1e-5, atol=1e-9)

@@ -1,10 +1,13 @@
 r"""Summarises a training run from its `metrics.jsonl`: losses, collapse monitors, a verdict.
 
-  python -m matpac_jax.tools.run_summary WORKDIR [--rows 8]
+  python -m matpac_jax.tools.run_summary WORKDIR [--rows 8] [--plot [--plot_dir DIR]]
 
 Prints a table of the logged steps (evenly spaced) and checks the collapse signs of
 docs/method.md, section 6: loss not falling, classification perplexity near 1, one teacher
-class for all tokens, a prediction head that never wins, skipped (non-finite) steps.
+class for all tokens, a prediction head that never wins, skipped (non-finite) steps. A run with
+evaluators (`config.evals`) gets one line per `eval/*` score: first, last and best value, and
+the random-init and log-mel baselines. `--plot` also writes the learning curves as PNGs
+(matpac_jax/tools/plot_run.py) and prints their paths.
 
 Exit status: 0 when every check passes, 1 when one fails (a `WARN` line says which), 2 for a
 usage error (no such workdir, no metrics.jsonl in it).
@@ -18,7 +21,7 @@ import sys
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, evaluators
 
 COLUMNS = (
     ("step", "{:>6.0f}"),
@@ -39,6 +42,16 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_baselines(workdir: str) -> dict:
+    """WORKDIR/eval_baselines.json, the scores of the random-init twin and the log-mel baseline
+    ({} when there is none)."""
+    path = os.path.join(workdir, evaluators.BASELINES)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def health(rows: list[dict]) -> list[tuple[bool, str]]:
@@ -78,15 +91,44 @@ def health(rows: list[dict]) -> list[tuple[bool, str]]:
 PROG = "python -m matpac_jax.tools.run_summary"
 
 
+def eval_lines(rows: list[dict], baselines: dict) -> list[str]:
+    """One line per `eval/*` score: first, last and best, and the baselines when known."""
+    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/seconds"})
+    lines = []
+    for key in keys:
+        logged = [(r["step"], r[key]) for r in rows if key in r]
+        best = max(logged, key=lambda p: p[1])
+        parts = [
+            f"step {logged[0][0]} {logged[0][1]:.3f}",
+            f"step {logged[-1][0]} {logged[-1][1]:.3f}",
+            f"best {best[1]:.3f} (step {best[0]})",
+        ]
+        parts += [
+            f"{name} {baselines[name][key]:.3f}"
+            for name in ("random", "logmel")
+            if key in baselines.get(name, {})
+        ]
+        lines.append(f"  {key[5:]}: " + ", ".join(parts))
+    seconds = [r["eval/seconds"] for r in rows if "eval/seconds" in r]
+    if seconds:
+        lines.append(f"  {len(seconds)} evaluations, {sum(seconds):.1f} s in all")
+    return lines
+
+
 def _main(argv=None) -> int:
     p = cli.ArgumentParser(PROG, __doc__)
     p.add_argument("workdir", help="a training workdir (holding metrics.jsonl)")
     p.add_argument("--rows", type=int, default=8, help="logged steps shown, evenly spaced")
+    p.add_argument("--plot", action="store_true", help="also write the learning curves (PNGs)")
+    p.add_argument("--plot_dir", help="folder for the PNGs (default WORKDIR/plots)")
     args = p.parse_args(argv)
     workdir = cli.input_dir(args.workdir, "workdir")
     if args.rows < 1:
         raise cli.UserError(f"--rows {args.rows}: must be at least 1")
-    rows = read_metrics(workdir)
+    plots = os.path.join(workdir, "plots")
+    plot_dir = args.plot and cli.output_dir(args.plot_dir or plots, "--plot_dir")  # before work
+    logged = read_metrics(workdir)
+    rows = [r for r in logged if "loss" in r]  # a step-0 row holds evaluations alone
     if not rows:
         raise cli.UserError(
             f"workdir {args.workdir}: no logged step (no metrics.jsonl, or it is empty): not a "
@@ -100,6 +142,14 @@ def _main(argv=None) -> int:
     for passed, message in health(rows):
         ok &= passed
         print(("  ok    " if passed else "  WARN  ") + message)
+    for line in eval_lines(logged, read_baselines(workdir)):
+        print(line)
+    if plot_dir:
+        # pylint: disable-next=g-import-not-at-top
+        from matpac_jax.tools import plot_run  # it imports this module; matplotlib when asked
+
+        for path in plot_run.plot_run(workdir, plot_dir):
+            print(path)
     return 0 if ok else 1
 
 
