@@ -7,6 +7,7 @@ MATPAC and MATPAC++ (docs/method.md, section 5) are written once, here.
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -53,6 +54,62 @@ def load_config(spec: str, flag: str = "--config") -> ml_collections.ConfigDict:
         return module.get_config(arg or None)
     except ValueError as e:  # parse_arg's unknown or malformed argument
         raise cli.UserError(f"{flag} {spec}: {e}") from None
+
+
+def check_config_file(args: list[str]) -> None:
+    """`--config=FILE[:ARG]` must name an existing file (absl's own error is a page long)."""
+    for i, a in enumerate(args):
+        value = a.partition("=")[2] if a.startswith("--config=") else None
+        if a == "--config" and i + 1 < len(args):
+            value = args[i + 1]
+        if value:
+            cli.input_file(value.partition(":")[0], "--config", what="config file")
+
+
+def flag_error(e: Exception, args: list[str]) -> str:
+    """One line from what absl and ml_collections raise for a bad flag, config file or override.
+
+    ml_collections puts the useful part last (its traceback of the config file, then the
+    exception) or inside a repr ('key'\\nDid you mean ...); both are flattened here.
+    """
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if isinstance(e, AttributeError):  # an override of a key that does not exist
+        return _unknown_key_error(lines[0].strip("'\" "), text, args)
+    if "Error whilst parsing config file" in lines[0]:
+        flag = lines[0].split(": Error whilst")[0]
+        return f"{flag}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def _unknown_key_error(key: str, text: str, args: list[str]) -> str:
+    """`--config.a.b.KEY: no such config key`, with ml_collections' suggestion or the keys
+    that exist beside it."""
+    flag = next(
+        (a.split("=")[0] for a in args if re.search(rf"^--config\.(\w+\.)*{key}(=|$)", a)), ""
+    )
+    dotted = flag.removeprefix("--config.")
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    if suggestion:
+        near = f"did you mean {dotted.rsplit('.', 1)[0] + '.' if '.' in dotted else ''}"
+        return f"--config.{dotted or key}: no such config key; {near}{suggestion.group(1)}?"
+    section = _config_section(args, dotted.rsplit(".", 1)[0] if "." in dotted else "")
+    known = f"; keys there: {', '.join(sorted(section))}" if section else ""
+    return f"--config.{dotted or key}: no such config key{known}"
+
+
+def _config_section(args: list[str], dotted: str) -> list[str]:
+    """The keys of config section `dotted` ("" for the top), loaded without the overrides."""
+    spec = next((a.partition("=")[2] for a in args if a.startswith("--config=")), "")
+    try:
+        config = load_config(spec)
+        for part in filter(None, dotted.split(".")):
+            config = config[part]
+        return list(config.keys())
+    except Exception:  # pylint: disable=broad-except
+        return []  # only a hint: the error message stands without it
 
 
 def pretraining_config(

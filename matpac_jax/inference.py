@@ -30,7 +30,6 @@ import collections
 import dataclasses
 import functools
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,13 +40,17 @@ from etils import epath
 from flax import nnx
 
 from matpac_jax import audio, cli, export, models
+from matpac_jax.inference_io import (  # the first three and resample: re-exported
+    DEFAULT_NORMALIZATION,
+    ENCODER_KEYS,
+    LogMelBaseline,
+    as_clips,
+    normalized_log_mel,
+    resample,  # noqa: F401
+    restore_checkpoint_params,
+)
 
-logger = logging.getLogger(__name__)
-
-# AudioSet log-mel statistics: the papers' normalisation (docs/method.md, section 1).
-DEFAULT_NORMALIZATION = {"mean": -7.056, "std": 4.193}
 DEFAULT_VARIANT = "B"
-ENCODER_KEYS = ("patch_embed", "cls_token", "student")
 ENCODER_FORMS = (
     "an encoder is an export folder (config.json + params/), a training workdir (with export/ "
     "or checkpoints/), random[:VARIANT] (untrained) or logmel (log-mel statistics baseline)"
@@ -85,48 +88,6 @@ class Predictions:
     probs: np.ndarray
     top: list
     labels: list[str]
-
-
-def _as_clips(waves: Any) -> tuple[list[np.ndarray], bool]:
-    """One 1-D clip, a 2-D (n, samples) array or a sequence of 1-D clips -> (clips, single)."""
-    if isinstance(waves, (list, tuple)):
-        clips, single = [np.asarray(w, np.float32) for w in waves], False
-    else:
-        waves = np.asarray(waves, np.float32)
-        if waves.ndim not in (1, 2):
-            raise ValueError(
-                f"audio has shape {waves.shape}: pass one mono clip (samples,), a batch "
-                "(n, samples) or a list of mono clips"
-            )
-        clips, single = ([waves], True) if waves.ndim == 1 else (list(waves), False)
-    for i, clip in enumerate(clips):
-        if clip.ndim != 1:
-            raise ValueError(f"clip {i} has shape {clip.shape}; every clip must be mono (samples,)")
-        if not np.isfinite(clip).all():
-            raise ValueError(f"clip {i} holds NaN or Inf samples")
-    return clips, single
-
-
-def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-    """Resamples a mono clip with soxr HQ, as `audio.load_audio` does; float32."""
-    if sample_rate != target_rate:
-        import soxr  # pylint: disable=g-import-not-at-top
-
-        wave = soxr.resample(wave, sample_rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-def _normalized_log_mel(
-    wave: np.ndarray, sample_rate: int, fe: audio.FrontEnd, mean: float, std: float, index: int
-) -> np.ndarray:
-    """A clip at any rate -> its normalised log-mel (F, T) at the front end's rate."""
-    wave = resample(wave, sample_rate, fe.sample_rate)
-    if fe.num_frames(wave.shape[0]) == 0:
-        raise ValueError(
-            f"clip {index} has {wave.shape[0]} samples at {fe.sample_rate} Hz, fewer than the "
-            f"n_fft={fe.n_fft} one log-mel frame needs: pad it or leave it out"
-        )
-    return audio.normalize(audio.log_mel(wave, fe), mean, std)
 
 
 def _inference_model(cfg: models.ModelConfig, rngs: nnx.Rngs) -> models.MatpacModel:
@@ -216,9 +177,25 @@ class Encoder:
         self.embedding_size = cfg.n_mels // cfg.patch * cfg.width  # 5 x 768 = 3,840 for ViT-B
 
         abstract = nnx.eval_shape(lambda: _inference_model(cfg, nnx.Rngs(0)))
-        self._graphdef, state = nnx.split(abstract)
+        self._graphdef, self._state = nnx.split(abstract)
+        self.load_params(params)
+        self._run = jax.jit(
+            functools.partial(_chunk_steps, self._graphdef),
+            static_argnames=("all_layers", "per_step"),
+        )
+
+    def load_params(self, params: Mapping[str, Any]) -> None:
+        """Replaces the encoder's parameters in place, as the constructor takes them.
+
+        The jitted function is kept: swapping parameters of the same shapes does not compile
+        again (a new Encoder does, ~2 s on a CPU), e.g. to score each evaluation of a run.
+
+        Raises:
+          ValueError: the parameters' shapes do not match the model config.
+        """
+        cfg = self.model_config
         params = {k: params[k] for k in ENCODER_KEYS if k in params}
-        want, got = _flat_shapes(nnx.to_pure_dict(state)), _flat_shapes(params)
+        want, got = _flat_shapes(nnx.to_pure_dict(self._state)), _flat_shapes(params)
         if want != got:
             bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
             raise ValueError(
@@ -226,12 +203,11 @@ class Encoder:
                 f"{cfg.depth}): first differences {bad[:5]}; load them with the config they "
                 "were saved with"
             )
-        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-        self._state = state
-        self._run = jax.jit(
-            functools.partial(_chunk_steps, self._graphdef),
-            static_argnames=("all_layers", "per_step"),
-        )
+        nnx.replace_by_pure_dict(self._state, jax.tree.map(jnp.asarray, params))
+
+    def params(self) -> dict:
+        """The encoder's parameters {"patch_embed", "cls_token", "student"}, as pure dicts."""
+        return nnx.to_pure_dict(self._state)
 
     # ------------------------------------------------------------------ construction
 
@@ -316,7 +292,7 @@ class Encoder:
         cfg = models.model_config(run["model"])
         data = run.get("config", {}).get("data", {})
         normalization = {k: data[k] for k in ("mean", "std") if k in data}
-        params = _restore_checkpoint_params(workdir / "checkpoints")
+        params = restore_checkpoint_params(workdir / "checkpoints")
         return cls(cfg, params, normalization=normalization, **kwargs)
 
     # ------------------------------------------------------------------ embedding
@@ -351,11 +327,11 @@ class Encoder:
         """
         from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-        clips, single = _as_clips(audio_in)
+        clips, single = as_clips(audio_in)
         clip, steps, window = [], [], []
         with tqdm(total=len(clips), unit="clip", desc="embed", disable=not progress) as bar:
             for i, wave in enumerate(clips):
-                mel = _normalized_log_mel(wave, sample_rate, self.front_end, self.mean, self.std, i)
+                mel = normalized_log_mel(wave, sample_rate, self.front_end, self.mean, self.std, i)
                 pad = -mel.shape[1] % self.step_frames
                 window.append(np.pad(mel, ((0, 0), (0, pad))))  # zeros in the normalised domain
                 # A window at a time: a long list never holds all its log-mels at once.
@@ -406,6 +382,24 @@ class Encoder:
             return Predictions(probs[0], top[0], self.head.labels)
         return Predictions(probs, top, self.head.labels)
 
+    def embed_log_mels(self, mels: Any, *, layers: bool = False) -> np.ndarray:
+        """Clip embeddings of already normalised log-mels: `embed` without the front end.
+
+        Args:
+          mels: normalised log-mels, (n, F, T) or a list of (F, T) of any lengths T.
+          layers: return every layer, as for `embed`.
+
+        Returns:
+          float32 (n, E), or (n, L, E) with `layers`: what `embed` gives for the clips whose
+          normalised log-mels these are, when `embed` runs them in the same call (one batch).
+        """
+        # Zeros after normalisation, as `embed` pads (docs/method.md, section 7).
+        mels = [np.pad(m, ((0, 0), (0, -m.shape[1] % self.step_frames))) for m in mels]
+        clip = []
+        self._run_window(mels, layers, False, clip, [])
+        shape = (-1, self.num_layers, self.embedding_size) if layers else (-1, self.embedding_size)
+        return np.stack(clip).reshape(shape) if clip else np.zeros((0, *shape[1:]), np.float32)
+
     def _run_window(self, mels, all_layers, per_step, clip_out, steps_out) -> None:
         """Runs the chunks of padded normalised log-mels; appends (L, E) means (and steps)."""
         groups = collections.defaultdict(list)  # chunk length -> [(clip, chunk index, chunk)]
@@ -434,80 +428,6 @@ class Encoder:
             else:
                 total = np.sum(parts, axis=0, dtype=np.float64)  # (L, E) summed over steps
                 clip_out.append((total / num_steps).astype(np.float32))
-
-
-def _restore_checkpoint_params(directory: epath.Path) -> dict:
-    """The encoder params of the newest finished checkpoint under `directory` that restores."""
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-    steps = sorted(ocp.utils.checkpoint_steps(directory), reverse=True)  # finished saves only
-    if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {directory}")
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    failures = []
-    for step in steps:
-        path = directory / str(step) / "state"
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                tree = ckptr.metadata(path).item_metadata.tree
-            encoder = {k: tree["params"][k] for k in ENCODER_KEYS}
-            target = {
-                "params": jax.tree.map(
-                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), encoder
-                )
-            }
-            # Only the encoder is read: the teacher and optimiser state are left on disk.
-            args = ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=jax.tree.map(
-                    lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target
-                ),
-                partial_restore=True,
-            )
-            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-                restored = ckptr.restore(path, args=args)
-        except Exception as e:  # pylint: disable=broad-except
-            logger.warning("checkpoint step %d in %s does not restore: %s", step, directory, e)
-            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            continue
-        logger.info("loaded the student encoder of checkpoint step %d from %s", step, directory)
-        return restored["params"]
-    raise RuntimeError(f"no checkpoint in {directory} restores: {'; '.join(failures)}")
-
-
-class LogMelBaseline:
-    """The probe's log-mel baseline: per-band mean and std over time of the normalised log-mel.
-
-    Embedding: [mean over frames (F), std over frames (F)], 2 * 80 = 160 features.
-    """
-
-    def __init__(
-        self,
-        front_end: audio.FrontEnd | None = None,
-        normalization: Mapping[str, float] | None = None,
-    ):
-        self.front_end = front_end or audio.FrontEnd()
-        norm = {**DEFAULT_NORMALIZATION, **(normalization or {})}
-        self.mean, self.std = float(norm["mean"]), float(norm["std"])
-
-    @property
-    def sample_rate(self) -> int:
-        return self.front_end.sample_rate
-
-    @property
-    def embedding_size(self) -> int:
-        return 2 * self.front_end.n_mels
-
-    def embed(self, audio_in: Any, sample_rate: int, *, progress: bool = False) -> np.ndarray:
-        """Same inputs as `Encoder.embed`; (n, 2F) float32, or (2F,) for a single clip."""
-        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-        clips, single = _as_clips(audio_in)
-        out = np.zeros((len(clips), self.embedding_size), np.float32)
-        for i, clip in enumerate(tqdm(clips, unit="clip", desc="log-mel", disable=not progress)):
-            mel = _normalized_log_mel(clip, sample_rate, self.front_end, self.mean, self.std, i)
-            out[i] = np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
-        return out[0] if single else out
 
 
 def load_encoder(spec: str, **kwargs) -> Encoder | LogMelBaseline:

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging as pylogging
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ import jax
 from ml_collections import config_flags
 
 from matpac_jax import audio, checkpointing, cli, config_lib, dirlock, distributed, export
-from matpac_jax import evaluators, input_pipeline
+from matpac_jax import input_pipeline, train_evals
 from matpac_jax import metric_writer
 from matpac_jax import models, optimizer, schedules, shards, sharding, train_step as ts
 
@@ -128,7 +127,7 @@ def check_config(config) -> None:
                 f"--config.data.dir {config.data.dir}: no {shards.INDEX_NAME}, not a folder of "
                 "log-mel shards; make one with python -m matpac_jax.preprocess"
             )
-    evaluators.check_config(config)
+    train_evals.check_config(config)
 
 
 def run_schedules(config, num_records: int) -> tuple[schedules.Schedules, dict]:
@@ -296,8 +295,8 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
     # ---------------------------------------------------------------- evaluators
     # Tasks and their log-mels are read here, on process 0 (which alone scores), and the
     # baselines written once per workdir; the other processes wait for it at a barrier
-    # (matpac_jax/evaluators.py).
-    evals = evaluators.TrainingEvals(
+    # (matpac_jax/train_evals.py).
+    evals = train_evals.TrainingEvals(
         config,
         model_cfg,
         audio.FrontEnd(**index["front_end"]),
@@ -330,8 +329,8 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
     # Step 0 once: a fresh start after an attempt that never checkpointed finds its row there.
     if start == 0 and evals.due(0):
         row = evals(state)
-        logging.info("step 0: %s", evaluators.summary(row))
-        if process == 0 and not evaluators.step_logged(workdir, 0):
+        logging.info("step 0: %s", train_evals.summary(row))
+        if process == 0 and not train_evals.step_logged(workdir, 0):
             writer.write(0, row)
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -360,7 +359,7 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
                 last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
                 if evaluating:  # in the step's row, before its checkpoint
                     scores = evals(state)
-                    logging.info("step %d: %s", done, evaluators.summary(scores))
+                    logging.info("step %d: %s", done, train_evals.summary(scores))
                     last.update(scores)
                     now = time.perf_counter()  # the next rate counts training alone
                 tick, tick_step = now, done
@@ -446,7 +445,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     line and exit 2; asking for help is exit 0 (absl exits 1)."""
     debug = cli.debug_requested(argv[1:])
     try:
-        _check_config_file(argv[1:])
+        config_lib.check_config_file(argv[1:])
         rest = flags.FLAGS(argv)
         _CONFIG.value  # config files load lazily: make their errors surface here
     except SystemExit:
@@ -458,66 +457,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         # it names (a typo, a bad value, a get_config argument): the user's to fix.
         if debug:
             raise
-        sys.exit(cli.fail(PROG, _flag_error(e, argv[1:])))
+        sys.exit(cli.fail(PROG, config_lib.flag_error(e, argv[1:])))
     if len(rest) > 1:
         sys.exit(cli.fail(PROG, f"unexpected arguments {rest[1:]}; flags look like --name=value"))
     return rest
-
-
-def _check_config_file(args: list[str]) -> None:
-    """`--config=FILE[:ARG]` must name an existing file (absl's own error is a page long)."""
-    for i, a in enumerate(args):
-        value = a.partition("=")[2] if a.startswith("--config=") else None
-        if a == "--config" and i + 1 < len(args):
-            value = args[i + 1]
-        if value:
-            cli.input_file(value.partition(":")[0], "--config", what="config file")
-
-
-def _flag_error(e: Exception, args: list[str]) -> str:
-    """One line from what absl and ml_collections raise for a bad flag, config file or override.
-
-    ml_collections puts the useful part last (its traceback of the config file, then the
-    exception) or inside a repr ('key'\\nDid you mean ...); both are flattened here.
-    """
-    text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    if isinstance(e, AttributeError):  # an override of a key that does not exist
-        return _unknown_key_error(lines[0].strip("'\" "), text, args)
-    if "Error whilst parsing config file" in lines[0]:
-        flag = lines[0].split(": Error whilst")[0]
-        return f"{flag}: {lines[-1]}"
-    return " ".join(lines)
-
-
-def _unknown_key_error(key: str, text: str, args: list[str]) -> str:
-    """`--config.a.b.KEY: no such config key`, with ml_collections' suggestion or the keys
-    that exist beside it."""
-    flag = next(
-        (a.split("=")[0] for a in args if re.search(rf"^--config\.(\w+\.)*{key}(=|$)", a)), ""
-    )
-    dotted = flag.removeprefix("--config.")
-    suggestion = re.search(r'Did you mean "(\w+)"', text)
-    if suggestion:
-        near = f"did you mean {dotted.rsplit('.', 1)[0] + '.' if '.' in dotted else ''}"
-        return f"--config.{dotted or key}: no such config key; {near}{suggestion.group(1)}?"
-    section = _config_section(args, dotted.rsplit(".", 1)[0] if "." in dotted else "")
-    known = f"; keys there: {', '.join(sorted(section))}" if section else ""
-    return f"--config.{dotted or key}: no such config key{known}"
-
-
-def _config_section(args: list[str], dotted: str) -> list[str]:
-    """The keys of config section `dotted` ("" for the top), loaded without the overrides."""
-    spec = next((a.partition("=")[2] for a in args if a.startswith("--config=")), "")
-    try:
-        config = config_lib.load_config(spec)
-        for part in filter(None, dotted.split(".")):
-            config = config[part]
-        return list(config.keys())
-    except Exception:  # pylint: disable=broad-except
-        return []  # only a hint: the error message stands without it
 
 
 def main(argv):

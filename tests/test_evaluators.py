@@ -1,5 +1,6 @@
 """Tests for matpac_jax/evaluators.py: the kNN vote, embeddings from cached log-mels equal to the
-encoder's own, the log-mel cache, task specs and config checks, the offline command.
+encoder's own, the log-mel cache, the offline command; and of matpac_jax/train_evals.py's task
+specs, config checks and schedule.
 
 The trainer side (in-training evaluation, resume, offline equality of a checkpoint) is in
 tests/test_train.py.
@@ -14,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from matpac_jax import audio, cli, config_lib, evaluators, inference, models, probe_data, sharding
+from matpac_jax import train_evals
 
 CFG = models.model_config("mu")
 
@@ -123,11 +125,8 @@ def test_embeddings_of_cached_log_mels_equal_the_encoders(task_csv, tmp_path, mo
 def test_load_params_gives_the_scores_of_a_fresh_encoder(task_csv, tmp_path):
     ev = evaluators.Evaluator([task_csv], audio.FrontEnd(), str(tmp_path), "")
     a, b = inference.Encoder.random(CFG, seed=1), inference.Encoder.random(CFG, seed=2)
-    from flax import nnx
-
-    params_b = nnx.to_pure_dict(b._state)  # pylint: disable=protected-access
     expected = ev.evaluate(b)
-    evaluators.load_params(a, params_b)
+    a.load_params(b.params())
     assert ev.evaluate(a) == expected
     assert set(expected) == {"eval/tones/knn_acc"} and 0.0 <= expected["eval/tones/knn_acc"] <= 1.0
 
@@ -163,11 +162,11 @@ def _config(**overrides):
 
 
 def test_runlocal_evaluates_the_demo_tasks_only_on_the_demo_corpus():
-    assert evaluators.task_specs(_config()) == ("demo:timbre", "demo:pitch", "demo:event")
-    assert evaluators.task_specs(_config(**{"data.dir": "/some/mels"})) == ()
-    assert evaluators.task_specs(_config(evals=" a.csv, demo:pitch,")) == ("a.csv", "demo:pitch")
+    assert train_evals.task_specs(_config()) == ("demo:timbre", "demo:pitch", "demo:event")
+    assert train_evals.task_specs(_config(**{"data.dir": "/some/mels"})) == ()
+    assert train_evals.task_specs(_config(evals=" a.csv, demo:pitch,")) == ("a.csv", "demo:pitch")
     base = config_lib.pretraining_config(variant="B", runlocal=False, num_mcl_heads=5, mcl=True)
-    assert evaluators.task_specs(base) == ()
+    assert train_evals.task_specs(base) == ()
     assert (base.eval_knn_k, base.eval_knn_temperature) == (
         evaluators.KNN_K,
         evaluators.KNN_TEMPERATURE,
@@ -202,19 +201,19 @@ def test_demo_tasks_resolve_to_the_demo_corpus(tmp_path, monkeypatch):
 )
 def test_config_mistakes_are_one_line_errors(overrides, message):
     with pytest.raises(cli.UserError, match=message):
-        evaluators.check_config(_config(**{"data.dir": "/x", **overrides}))
+        train_evals.check_config(_config(**{"data.dir": "/x", **overrides}))
 
 
 def test_schedule_and_summary():
     mesh = sharding.make_mesh((-1, 1))
     config = _config(evals="a.csv", eval_every=250)
-    evals = evaluators.TrainingEvals(config, CFG, audio.FrontEnd(), mesh, 600, write=False)
+    evals = train_evals.TrainingEvals(config, CFG, audio.FrontEnd(), mesh, 600, write=False)
     assert [s for s in range(601) if evals.due(s)] == [0, 250, 500, 600]
     config.eval_every = 0
-    evals = evaluators.TrainingEvals(config, CFG, audio.FrontEnd(), mesh, 600, write=False)
+    evals = train_evals.TrainingEvals(config, CFG, audio.FrontEnd(), mesh, 600, write=False)
     assert [s for s in range(601) if evals.due(s)] == [0, 600]
     assert (
-        evaluators.summary({"eval/a/knn_acc": 0.5, "eval/seconds": 1.25})
+        train_evals.summary({"eval/a/knn_acc": 0.5, "eval/seconds": 1.25})
         == "a/knn_acc 0.500, 1.2 s"
     )
 

@@ -1,5 +1,6 @@
 """Tests for matpac_jax/inference.py: precise mode against a direct computation, batching,
-timestamps, resampling, loading (export, checkpoint-only workdir, random) and the log-mel baseline.
+timestamps, log-mels in and parameters swapped, resampling, loading (export, checkpoint-only
+workdir, random) and the log-mel baseline (matpac_jax/inference_io.py).
 
 Tolerances: the encoder runs jitted (and batched) against an eager per-chunk reference; float32
 results agree to ~1e-6, the tests allow 1e-5 absolute on O(1) layer-normed features.
@@ -99,6 +100,21 @@ def test_clip_embedding_does_not_depend_on_its_batch(encoder):
     ts = encoder.embed(batch, 16_000, timestamps=True)
     assert [s.shape[0] for s in ts.steps] == [46, 8, 8, 8, 8, 8]
     np.testing.assert_allclose(ts.clip, together, rtol=0, atol=1e-5)
+
+
+def test_embed_log_mels_and_load_params(student, encoder):
+    clips = [_noise(400 + 735 * 160, seed=2), _noise(400 + 100 * 160, seed=3)]  # 100: padded
+    mels = [audio.normalize(audio.log_mel(c), MEAN, STD) for c in clips]
+    got = encoder.embed_log_mels(mels, layers=True)
+    assert got.shape == (2, CFG.depth, 160) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, encoder.embed(clips, 16_000, layers=True))
+    last = encoder.embed_log_mels(mels)
+    np.testing.assert_array_equal(last, encoder.embed(clips, 16_000))
+    other = Encoder.random(CFG, seed=7, batch_size=4)
+    other.load_params(encoder.params())  # in place: the same numbers as `encoder`
+    np.testing.assert_array_equal(other.embed_log_mels(mels), last)
+    with pytest.raises(ValueError, match="do not match the model config"):
+        other.load_params(Encoder.random("Ti").params())
 
 
 def test_resampling_to_16k(encoder):
