@@ -44,7 +44,8 @@ step python -m matpac_jax.preprocess --input_dir "$DEMO/audio/pretrain" \
 step python -m matpac_jax.tools.bench_input --data "$DEMO/mels" "${BENCH[@]}" \
   --preprocess_files 0
 step python -m matpac_jax.train --config=configs/matpac_pp.py:runlocal \
-  --config.data.dir="$DEMO/mels" --workdir="$DEMO/pretrain" ${TRAIN[@]+"${TRAIN[@]}"}
+  --config.data.dir="$DEMO/mels" --workdir="$DEMO/pretrain" ${TRAIN[@]+"${TRAIN[@]}"} \
+  --config.evals="$DEMO/audio/tasks/timbre.csv,$DEMO/audio/tasks/pitch.csv,$DEMO/audio/tasks/event.csv"
 step python -m matpac_jax.tools.run_summary "$DEMO/pretrain" --plot \
   || echo "(the summary flags a collapse sign above; see docs/architecture.md, 'Monitors')"
 
