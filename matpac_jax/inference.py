@@ -319,17 +319,16 @@ class Encoder:
           sample_rate: their sample rate; resampled to 16 kHz when it differs.
           layers: return every layer (L = depth; the last is after the final LN).
           timestamps: also return per-step embeddings and their times.
-          progress: show a tqdm bar over the clips.
+          progress: a bar over the clips on a terminal, log lines otherwise (`cli.progress`).
 
         Returns:
           float32 clip embeddings (n, E), (n, L, E) with `layers`, without the n for a single
           clip; an `Embeddings` if `timestamps`.
         """
-        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
         clips, single = as_clips(audio_in)
         clip, steps, window = [], [], []
-        with tqdm(total=len(clips), unit="clip", desc="embed", disable=not progress) as bar:
+        bar = cli.progress(len(clips), desc="embed", unit="clip", enabled=progress)
+        try:
             for i, wave in enumerate(clips):
                 mel = normalized_log_mel(wave, sample_rate, self.front_end, self.mean, self.std, i)
                 pad = -mel.shape[1] % self.step_frames
@@ -340,6 +339,8 @@ class Encoder:
                     self._run_window(window, layers, timestamps, clip, steps)
                     bar.update(len(window))
                     window = []
+        finally:
+            bar.close()
         shape = (-1, self.num_layers, self.embedding_size) if layers else (-1, self.embedding_size)
         clip = np.stack(clip).reshape(shape) if clip else np.zeros((0, *shape[1:]), np.float32)
         if timestamps:

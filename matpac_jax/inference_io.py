@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from matpac_jax import audio
+from matpac_jax import audio, cli
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,12 @@ class LogMelBaseline:
 
     def embed(self, audio_in: Any, sample_rate: int, *, progress: bool = False) -> np.ndarray:
         """Same inputs as `Encoder.embed`; (n, 2F) float32, or (2F,) for a single clip."""
-        from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
         clips, single = as_clips(audio_in)
         out = np.zeros((len(clips), self.embedding_size), np.float32)
-        for i, clip in enumerate(tqdm(clips, unit="clip", desc="log-mel", disable=not progress)):
+        bar = cli.progress(len(clips), desc="log-mel", unit="clip", enabled=progress)
+        for i, clip in enumerate(clips):
             mel = normalized_log_mel(clip, sample_rate, self.front_end, self.mean, self.std, i)
             out[i] = np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
+            bar.update(1)
+        bar.close()
         return out[0] if single else out
