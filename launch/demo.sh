@@ -2,8 +2,8 @@
 # The main job on the built-in demo corpus, from a fresh clone: set up .venv if missing, make
 # the demo audio, preprocess it into log-mel shards, check the input pipeline's speed, pretrain
 # the `runlocal` MATPAC++ model (a few minutes on 2 CPU cores), summarise the run, and score
-# the pretrained encoder against a random-init one and the log-mel baseline with linear probes
-# on the demo's labelled tasks.
+# the pretrained encoder against its random-init twin and the log-mel baseline with linear
+# probes on the demo's labelled tasks.
 #
 # Environment:
 #   MATPAC_DEMO_DIR   where everything goes (default runs/demo in the checkout, runs/demo_tiny
@@ -48,6 +48,11 @@ step python -m matpac_jax.train --config=configs/matpac_pp.py:runlocal \
   --config.evals="$DEMO/audio/tasks/timbre.csv,$DEMO/audio/tasks/pitch.csv,$DEMO/audio/tasks/event.csv"
 step python -m matpac_jax.tools.run_summary "$DEMO/pretrain" --plot \
   || echo "(the summary flags a collapse sign above; see docs/architecture.md, 'Monitors')"
+# The random-init twin: the same command stopped after one step at learning rate 0, so the
+# same initial weights and the same input normalisation (the corpus's own) as the run above.
+step python -m matpac_jax.train --config=configs/matpac_pp.py:runlocal \
+  --config.data.dir="$DEMO/mels" --workdir="$DEMO/random" ${TRAIN[@]+"${TRAIN[@]}"} \
+  --config.total_steps=1 --config.optim.peak_lr=0 --config.evals= --config.checkpoint_every=1
 
 # Linear probes (docs/probe.md), the default protocol: the learning rate is chosen per task and
 # seed on the validation split (the papers' fixed 3e-5 is `--protocol evar`; tuned for 3,840-d
@@ -57,8 +62,8 @@ TASKS=(--task_csv "$DEMO/audio/tasks/timbre.csv" --task_csv "$DEMO/audio/tasks/p
 PROBE=(--cache "$DEMO/probe/cache" ${SEEDS[@]+"${SEEDS[@]}"})
 step python -m matpac_jax.probe --encoder "$DEMO/pretrain" "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/pretrained"
-step python -m matpac_jax.probe --encoder random:mu "${TASKS[@]}" "${PROBE[@]}" \
-  --out "$DEMO/probe/random"  # the runlocal architecture ("mu"), randomly initialised
+step python -m matpac_jax.probe --encoder "$DEMO/random" "${TASKS[@]}" "${PROBE[@]}" \
+  --out "$DEMO/probe/random"
 step python -m matpac_jax.probe --encoder logmel "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/logmel"
 step python -m matpac_jax.probe table "$DEMO/probe/pretrained" "$DEMO/probe/random" \
@@ -69,5 +74,6 @@ echo
 echo "demo corpus:    $DEMO/audio (pretrain/, labelled/, tasks/*.csv)"
 echo "log-mel shards: $DEMO/mels (index.json, report.json, shards/)"
 echo "pretraining:    $DEMO/pretrain (metrics.jsonl, tensorboard/, checkpoints/, export/)"
+echo "random twin:    $DEMO/random (the same run stopped before its first update)"
 echo "learning curves: $DEMO/pretrain/plots/*.png (losses, monitors, evals vs random init and log-mel)"
 echo "probe table:    $DEMO/probe/table.md (reports and confusion matrices in $DEMO/probe/*/)"

@@ -113,13 +113,14 @@ def _config_section(args: list[str], dotted: str) -> list[str]:
 
 
 def pretraining_config(
-    *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool
+    *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool, small: bool = False
 ) -> ml_collections.ConfigDict:
     """the pretraining config of docs/method.md (batch 2048, 300 epochs), or its `runlocal` shrink.
 
     Args:
       variant: model size for `matpac_jax.models.decode_variant` ("Ti", "S", "B"; "mu" tiny).
       runlocal: a few-minute CPU run on the demo corpus with a tiny model.
+      small: the ~30-minute CPU recipe (the "XS" model; on the demo corpus by default).
       num_mcl_heads: K prediction heads (5 for MATPAC++, 1 for MATPAC).
       mcl: annealed winner-takes-all over the K heads (False: plain loss).
     """
@@ -131,7 +132,10 @@ def pretraining_config(
     c.data.demo_cache = "~/.cache/matpac_jax/demo"
     c.data.crop_frames = 608
     c.data.num_mels = 80
-    c.data.mean = -7.056  # AudioSet log-mel statistics (the papers' normalisation)
+    # "fixed": normalise by data.mean/std below, AudioSet's log-mel statistics (the papers');
+    # "corpus": by the training shards' own (index.json), written back into data.mean/std.
+    c.data.normalization = "fixed"
+    c.data.mean = -7.056
     c.data.std = 4.193
     c.data.num_workers = 4
 
@@ -208,9 +212,14 @@ def pretraining_config(
     c.eval_linear_max_train = evaluators.LINEAR_MAX_TRAIN  # training clips of the linear probe
     c.eval_cache = "~/.cache/matpac_jax/eval"  # the eval clips' log-mels, keyed by their files
 
-    if runlocal:
+    if runlocal or small:
+        # The CPU recipes of docs/small_scale.md, measured on the demo corpus: slower teachers,
+        # a larger classification head, the corpus's own normalisation and a lower mask ratio
+        # each keep more of the input in the learned features at this scale.
         c.model.variant = "mu" if variant == "B" else variant
-        c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 64
+        c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 1024
+        c.model.mask_ratio = 0.5
+        c.data.normalization = "corpus"
         c.data.num_workers = 0
         c.batch_size = 32
         c.total_steps = 1500  # a few minutes on 2 CPU cores
@@ -218,11 +227,18 @@ def pretraining_config(
         c.optim.warmup_epochs = 1.0
         c.loss.teacher_temp_warmup_epochs = 1.0
         c.loss.mcl_decay_from_run_length = True
-        c.ema.encoder = (0.99, 0.999)  # a short run needs a teacher that moves
-        c.ema.cls_head = (0.99, 1.0)
+        c.ema.encoder = (0.996, 1.0)  # horizon ~250 steps at the start: 1/6 of the run
+        c.ema.cls_head = (0.996, 1.0)
         c.log_every = 25
         c.checkpoint_every = 500
         # "auto": the demo tasks when training on the demo corpus (no --config.data.dir).
         c.evals = "auto"
         c.eval_every = 250  # 7 evaluations of 1,500 steps: a few % of the run
+    if small:
+        c.model.variant = "XS" if variant == "B" else variant
+        c.model.cls_hidden, c.model.cls_bottleneck = 256, 64
+        c.total_steps = 4000  # ~30 minutes on 2 CPU cores
+        c.checkpoint_every = 1000
+        c.eval_every = 500
+        c.eval_protocols = "knn,linear"
     return c

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging as pylogging
+import math
 import os
 import shutil
 import sys
@@ -113,6 +114,7 @@ def check_config(config) -> None:
         "model.teacher_cls_init": ("reference", "copy"),
         "loss.alpha_weighting": ("reference", "weights"),
         "loss.center_on": ("probs", "logits"),
+        "data.normalization": ("fixed", "corpus"),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")
@@ -172,6 +174,29 @@ def run_schedules(config, num_records: int) -> tuple[schedules.Schedules, dict]:
         ),
     }
     return sched, info
+
+
+def resolve_normalization(config, index: dict, data_dir: str) -> None:
+    """`data.normalization = "corpus"`: data.mean/std become the shards' own statistics.
+
+    Everything downstream (the input pipeline, run.json, the export, the evaluators) then reads
+    the resolved numbers, so an exported encoder normalises as its training did.
+    """
+    if config.data.normalization == "fixed":
+        return
+    if index.get("mean") is None or index.get("std") is None:
+        raise cli.UserError(
+            f"--config.data.normalization=corpus: {data_dir}/{shards.INDEX_NAME} records no "
+            "mean and std (made by an older preprocess?): re-run python -m matpac_jax.preprocess "
+            "or set --config.data.normalization=fixed with --config.data.mean/std"
+        )
+    mean, std = float(index["mean"]), float(index["std"])
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise cli.UserError(
+            f"--config.data.normalization=corpus: the shards of {data_dir} have mean {mean} and "
+            f"std {std}; they hold non-finite or constant log-mels (see its {shards.REPORT_NAME})"
+        )
+    config.data.mean, config.data.std = mean, std
 
 
 def model_config(config, data_index: dict) -> models.ModelConfig:
@@ -235,6 +260,7 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
     data_dir = resolve_data_dir(config)
     index = shards.load_index(data_dir)
     input_pipeline.check_crop(index, config.data.crop_frames, crop_flag="--config.data.crop_frames")
+    resolve_normalization(config, index, data_dir)
     if config.batch_size % num_processes:
         raise cli.UserError(
             f"batch_size {config.batch_size} is not divisible by the {num_processes} processes"

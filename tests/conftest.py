@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 # Must happen before jax is imported anywhere: multi-device tests run on fake CPU devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -36,8 +38,8 @@ def write_mel_dataset(out_dir, mels, records_per_shard=4):
                 "reason": None,
                 "frames": m.shape[1],
                 "mel": m,
-                "sum": 0.0,
-                "sum_sq": 0.0,
+                "sum": float(m.astype(np.float64).sum()),
+                "sum_sq": float(np.square(m.astype(np.float64)).sum()),
             }
             for j, m in enumerate(chunk)
         ]

@@ -182,7 +182,10 @@ def test_non_finite_run_stops_keeping_last_good_checkpoint(tmp_path):
     data = tmp_path / "nan_mels"
     write_mel_dataset(str(data), [np.full((80, 100), np.nan, np.float16)] * 8)
     workdir = str(tmp_path / "run")
-    out = _run(_cmd(workdir, str(data), "--config.log_every=1", "--config.max_consecutive_skips=3"))
+    out = _run(_cmd(workdir, str(data), "--config.log_every=1"))  # runlocal: corpus statistics
+    assert out.returncode == 2 and "have mean nan and std nan" in out.stderr, out.stderr[-2000:]
+    fixed = ("--config.data.normalization=fixed", "--config.max_consecutive_skips=3")
+    out = _run(_cmd(workdir, str(data), "--config.log_every=1", *fixed))
     assert out.returncode != 0
     assert "non-finite steps in a row" in out.stderr
     assert not os.path.exists(os.path.join(workdir, "export"))
@@ -301,3 +304,36 @@ def test_sigterm_then_resume_evaluates_identically(eval_reference, data_dir, eva
     assert _scores(resumed) == _scores(ref)
     strip = lambda row: {k: v for k, v in row.items() if k not in TIMING}
     assert all(strip(resumed[s]) == strip(ref[s]) for s in ref)
+
+
+def test_corpus_normalization_is_recorded_where_the_encoder_goes(data_dir, tmp_path):
+    """`data.normalization=corpus` trains, logs, exports and evaluates with the shards' stats."""
+    with open(os.path.join(data_dir, "index.json")) as f:
+        index = json.load(f)
+    values = np.concatenate([m.ravel() for m in _read_mels(data_dir)]).astype(np.float64)
+    assert index["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert index["std"] == pytest.approx(values.std(), rel=1e-6)
+    workdir = str(tmp_path / "run")
+    extra = ("--config.total_steps=2", "--config.checkpoint_every=2")
+    out = _run(_cmd(workdir, data_dir, "--config.data.normalization=corpus", *extra))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(_read(os.path.join(workdir, "run.json")))
+    _, exported = export.load_export(os.path.join(workdir, "export"))
+    for recorded in (run["config"]["data"], exported["normalization"]):
+        assert (recorded["mean"], recorded["std"]) == (index["mean"], index["std"])
+
+    bad = _run(_cmd(str(tmp_path / "bad"), data_dir, "--config.data.normalization=dataset"))
+    assert bad.returncode == 2 and "allowed: fixed, corpus" in bad.stderr
+    old = tmp_path / "old_mels"  # an index without statistics
+    shutil.copytree(data_dir, old)
+    index.update(mean=None, std=None)
+    (old / "index.json").write_text(json.dumps(index))
+    bad = _run(_cmd(str(tmp_path / "bad"), str(old), "--config.data.normalization=corpus"))
+    assert bad.returncode == 2 and "records no mean and std" in bad.stderr, bad.stderr
+
+
+def _read_mels(data_dir):
+    from matpac_jax import shards  # pylint: disable=g-import-not-at-top
+
+    source = shards.MelSource(data_dir)
+    return [source[i] for i in range(len(source))]

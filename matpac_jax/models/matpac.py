@@ -39,13 +39,15 @@ _VARIANTS = {
         cls_bottleneck=16,
         cls_out=32,
     ),
+    # Small, for the 30-minute CPU recipe (configs/matpac_pp.py:small, docs/small_scale.md).
+    "XS": dict(width=64, depth=4, num_heads=2, pred_width=64, pred_depth=2, pred_num_heads=2),
 }
 _COMMON = dict(mlp_ratio=4.0, cls_hidden=2048, cls_bottleneck=256, cls_out=2048)
 VARIANTS = tuple(_VARIANTS)  # the names decode_variant knows
 
 
 def decode_variant(variant: str) -> dict:
-    """Sizes of a named variant ("Ti", "S", "B" or the tiny "mu") as a fresh dict."""
+    """Sizes of a named variant ("Ti", "S", "B", the small "XS" or the tiny "mu") as a fresh dict."""
     if variant not in _VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(_VARIANTS)}")
     return {**_COMMON, **_VARIANTS[variant]}
