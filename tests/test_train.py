@@ -337,3 +337,44 @@ def _read_mels(data_dir):
 
     source = shards.MelSource(data_dir)
     return [source[i] for i in range(len(source))]
+
+
+def test_random_init_twin_exports_the_initial_weights(data_dir, tmp_path):
+    """launch/demo.sh's twin (one step at lr 0) exports exactly the run's initial student."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+
+    from matpac_jax import models, train, train_step  # pylint: disable=g-import-not-at-top
+
+    workdir = str(tmp_path / "twin")
+    twin = ("--config.total_steps=1", "--config.optim.peak_lr=0", "--config.checkpoint_every=1")
+    out = _run(_cmd(workdir, data_dir, *twin))
+    assert out.returncode == 0, out.stderr[-3000:]
+    params, config = export.load_export(os.path.join(workdir, "export"))
+    model_cfg = models.model_config(config["model"])
+    init = jax.jit(lambda key: train_step.init_state(key, model_cfg, optax.sgd(0)))(
+        jax.random.fold_in(jax.random.key(0), 1)
+    )  # under jit as the trainer does: eager sampling may differ in the last bit
+    want = _flat(jax.device_get(train.encoder_params(init["params"])))
+    got = _flat(params)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    # A real step moves the weights: the comparison above can fail.
+    moved = _flat(export.load_export(os.path.join(_two_steps(data_dir, tmp_path), "export"))[0])
+    assert any(not np.array_equal(moved[k], got[k]) for k in got)
+
+
+def _flat(tree):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in leaves}
+
+
+def _two_steps(data_dir, tmp_path):
+    workdir = str(tmp_path / "two_steps")
+    # two steps: the first runs at the warm-up's lr 0
+    out = _run(_cmd(workdir, data_dir, "--config.total_steps=2", "--config.checkpoint_every=2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
