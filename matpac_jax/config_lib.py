@@ -115,7 +115,7 @@ def _config_section(args: list[str], dotted: str) -> list[str]:
 def pretraining_config(
     *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool, small: bool = False
 ) -> ml_collections.ConfigDict:
-    """the pretraining config of docs/method.md (batch 2048, 300 epochs), or its `runlocal` shrink.
+    """the pretraining config of docs/method.md (batch 2048, 300 epochs), or a CPU recipe.
 
     Args:
       variant: model size for `matpac_jax.models.decode_variant` ("Ti", "S", "B"; "mu" tiny).
@@ -215,7 +215,7 @@ def pretraining_config(
     if runlocal or small:
         # The CPU recipes of docs/small_scale.md, measured on the demo corpus: slower teachers,
         # a larger classification head, the corpus's own normalisation and a lower mask ratio
-        # each keep more of the input in the learned features at this scale.
+        # each kept more of the probe scores and of the teacher classes in use at this scale.
         c.model.variant = "mu" if variant == "B" else variant
         c.model.cls_hidden, c.model.cls_bottleneck, c.model.cls_classes = 64, 32, 1024
         c.model.mask_ratio = 0.5

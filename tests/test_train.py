@@ -378,3 +378,27 @@ def _two_steps(data_dir, tmp_path):
     out = _run(_cmd(workdir, data_dir, "--config.total_steps=2", "--config.checkpoint_every=2"))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
+
+
+def test_small_recipe_trains_the_xs_model(data_dir, tmp_path):
+    """`configs/matpac_pp.py:small` as a user types it (relative paths, another folder)."""
+    cmd = [
+        a.replace("configs/matpac_pp.py:runlocal", os.path.join(ROOT, "configs/matpac_pp.py:small"))
+        for a in _cmd("run", os.path.relpath(data_dir, tmp_path), "--config.total_steps=2")
+    ]
+    out = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(_read(os.path.join(tmp_path, "run", "run.json")))
+    model = run["model"]
+    assert (model["width"], model["depth"], model["pred_width"], model["pred_depth"]) == (
+        64,
+        4,
+        64,
+        2,
+    )
+    assert (model["cls_hidden"], model["cls_bottleneck"], model["cls_out"]) == (256, 64, 1024)
+    assert run["config"]["model"]["mask_ratio"] == 0.5
+    with open(os.path.join(data_dir, "index.json")) as f:
+        assert run["config"]["data"]["mean"] == json.load(f)["mean"]  # corpus normalisation
