@@ -257,6 +257,13 @@ def _remove_unfinished(directory: epath.Path) -> None:
                 path.unlink()
 
 
+def finished_steps(workdir: str) -> list[int]:
+    """The finished steps under WORKDIR/checkpoints, oldest first, without starting Orbax's
+    manager (interrupted saves are not counted)."""
+    directory = epath.Path(cli.abspath(workdir)) / "checkpoints"
+    return sorted(ocp.utils.checkpoint_steps(directory)) if directory.exists() else []
+
+
 def write_state_only(workdir: str, step: int, state: Any, info: dict) -> str:
     """Writes a train state as checkpoint `step` of WORKDIR without an input position.
 

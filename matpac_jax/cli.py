@@ -74,6 +74,19 @@ def quiet_jax_backend_probing() -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def xla_flags_with_device_count(flags: Optional[str], count: int) -> str:
+    """`flags` (an XLA_FLAGS value, or None) with `count` fake host-platform (CPU) devices.
+
+    The user's other XLA options (an instruction-set cap, a dump folder) are kept; only a device
+    count already there is replaced. Must be put in the environment before jax starts.
+    """
+    kept = [f for f in (flags or "").split() if f.split("=", 1)[0] != _DEVICE_COUNT_FLAG]
+    return " ".join(kept + [f"{_DEVICE_COUNT_FLAG}={count}"])
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with `--debug`, the module docstring as help, and one-line usage errors."""
 

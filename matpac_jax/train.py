@@ -34,7 +34,8 @@ from ml_collections import config_flags
 from matpac_jax import audio, checkpointing, cli, config_lib, dirlock, distributed, export
 from matpac_jax import input_pipeline, train_evals
 from matpac_jax import metric_writer
-from matpac_jax import models, optimizer, schedules, shards, sharding, train_step as ts
+from matpac_jax import models, optimizer, run_record, schedules, shards, sharding
+from matpac_jax import train_step as ts
 
 PROG = "python -m matpac_jax.train"
 
@@ -261,6 +262,14 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
     index = shards.load_index(data_dir)
     input_pipeline.check_crop(index, config.data.crop_frames, crop_flag="--config.data.crop_frames")
     resolve_normalization(config, index, data_dir)
+    # ---------------------------------------------------------------- resume
+    # Before any work: a config the checkpoints cannot continue under is a one-line error.
+    changed = []
+    if checkpointing.finished_steps(workdir):
+        changed = run_record.check_resume(workdir, config)
+        if process == 0:
+            for change in changed:
+                logging.warning(run_record.describe(change))
     if config.batch_size % num_processes:
         raise cli.UserError(
             f"batch_size {config.batch_size} is not divisible by the {num_processes} processes"
@@ -348,7 +357,21 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
         logging.info("resumed from step %d", start)
     writer = metric_writer.MetricWriter(workdir, resume_step=start, enabled=process == 0)
     if process == 0:
-        _write_run_info(workdir, config, model_cfg, index, sched_info, mesh)
+        run_record.write(
+            workdir,
+            {
+                "model": dataclasses.asdict(model_cfg),
+                "schedule": sched_info,
+                "data_records": index["num_records"],
+                "devices": [str(d) for d in jax.devices()],
+                "mesh": dict(mesh.shape),
+                "processes": jax.process_count(),
+                "jax": jax.__version__,
+            },
+            config=config,
+            step=start,
+            changed=changed,
+        )
 
     # ---------------------------------------------------------------- loop
     stop = distributed.StopRequest()
@@ -437,22 +460,6 @@ def _export_config(model_cfg, index, config) -> dict:
         "normalization": {"mean": config.data.mean, "std": config.data.std},
         "crop_frames": config.data.crop_frames,
     }
-
-
-def _write_run_info(workdir, config, model_cfg, index, sched_info, mesh) -> None:
-    shards.write_json_atomic(
-        os.path.join(workdir, "run.json"),
-        {
-            "config": json.loads(config.to_json()),
-            "model": dataclasses.asdict(model_cfg),
-            "schedule": sched_info,
-            "data_records": index["num_records"],
-            "devices": [str(d) for d in jax.devices()],
-            "mesh": dict(mesh.shape),
-            "processes": jax.process_count(),
-            "jax": jax.__version__,
-        },
-    )
 
 
 class _QuietLibraries:

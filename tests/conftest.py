@@ -4,8 +4,12 @@ import os
 
 import numpy as np
 
-# Must happen before jax is imported anywhere: multi-device tests run on fake CPU devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from matpac_jax import cli  # imports no jax
+
+# Must happen before jax is imported anywhere: multi-device tests run on 8 fake CPU devices,
+# added to the user's own XLA_FLAGS (e.g. --xla_cpu_max_isa=AVX2, which the README's testing
+# section uses to run what a machine without AVX-512 computes).
+os.environ["XLA_FLAGS"] = cli.xla_flags_with_device_count(os.environ.get("XLA_FLAGS"), 8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -79,7 +83,7 @@ def subprocess_env(devices=None):
     output, and (if given) its own number of fake CPU devices instead of this process's 8."""
     env = dict(os.environ)
     if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = cli.xla_flags_with_device_count(env.get("XLA_FLAGS"), devices)
         env["JAX_PLATFORMS"] = "cpu"
     env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
     env["PYTHONUNBUFFERED"] = "1"

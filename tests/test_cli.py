@@ -17,6 +17,8 @@ import soundfile as sf
 
 from conftest import subprocess_env, write_mel_dataset
 
+from matpac_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = "matpac_jax.train"
 TINY = [
@@ -269,3 +271,30 @@ def test_tool_mistakes(case, tmp_path):
     module = f"matpac_jax.{module}"
     _one_line_error(_run(module, args, tmp_path), module, expect)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        (None, "--xla_force_host_platform_device_count=4"),
+        ("", "--xla_force_host_platform_device_count=4"),
+        (
+            "--xla_cpu_max_isa=AVX2",
+            "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=4",
+        ),
+        (
+            "--xla_force_host_platform_device_count=8  --xla_dump_to=/tmp/d",
+            "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=4",
+        ),
+    ],
+)
+def test_xla_flags_keep_the_users_and_set_the_device_count(flags, want):
+    assert cli.xla_flags_with_device_count(flags, 4) == want
+
+
+def test_subprocess_env_adds_the_device_count_to_the_users_xla_flags(monkeypatch):
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=8"
+    )
+    env = subprocess_env(devices=2)
+    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=2"

@@ -107,11 +107,14 @@ def test_embed_log_mels_and_load_params(student, encoder):
     mels = [audio.normalize(audio.log_mel(c), MEAN, STD) for c in clips]
     got = encoder.embed_log_mels(mels, layers=True)
     assert got.shape == (2, CFG.depth, 160) and got.dtype == np.float32
+    # Exact: `embed` runs these clips as one window of the same batches, so the same compiled
+    # program gets the same inputs (the front end is the same numpy code).
     np.testing.assert_array_equal(got, encoder.embed(clips, 16_000, layers=True))
     last = encoder.embed_log_mels(mels)
     np.testing.assert_array_equal(last, encoder.embed(clips, 16_000))
     other = Encoder.random(CFG, seed=7, batch_size=4)
     other.load_params(encoder.params())  # in place: the same numbers as `encoder`
+    # Exact: the same config and batch size as `encoder`, so the same compiled program.
     np.testing.assert_array_equal(other.embed_log_mels(mels), last)
     with pytest.raises(ValueError, match="do not match the model config"):
         other.load_params(Encoder.random("Ti").params())
@@ -142,6 +145,8 @@ def test_load_export_workdir_and_checkpoint_only_workdir(tmp_path, student, enco
         "crop_frames": 608,
     }
     path = export.export_encoder(str(tmp_path / "run"), _params(student), config)
+    # Exact below: a file round trip, and one chunk is a batch of one whatever the batch size,
+    # so the same compiled program.
     for spec in (path, str(tmp_path / "run")):
         np.testing.assert_array_equal(Encoder.load(spec).embed(wave, 16_000), want)
 
@@ -172,6 +177,7 @@ def test_embeddings_are_float32_whatever_the_run_trained_in(student, encoder):
     bf16 = dataclasses.replace(CFG, dtype="bfloat16")  # an accelerator run's export
     default = Encoder(bf16, _params(student))
     assert default.model_config.dtype == "float32"
+    # Exact: float32 by default makes the bf16 run's encoder the same program as `encoder`'s.
     np.testing.assert_array_equal(default.embed(wave, 16_000), encoder.embed(wave, 16_000))
     as_trained = Encoder(bf16, _params(student), dtype=None)
     assert as_trained.model_config.dtype == "bfloat16"
@@ -188,6 +194,7 @@ class _FakeDataIterator:
 def test_random_is_seeded_and_is_the_build_init():
     wave = _noise(1.0, seed=8)
     a = Encoder.load("random:mu").embed(wave, 16_000)
+    # Exact: every spelling builds with the same eager `models.build` and embeds alike.
     np.testing.assert_array_equal(Encoder.random("mu", seed=0).embed(wave, 16_000), a)
     np.testing.assert_array_equal(Encoder.load("random", model_config="mu").embed(wave, 16_000), a)
     built = Encoder(CFG, _params(models.build(CFG, nnx.Rngs(0))[0]))

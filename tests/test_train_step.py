@@ -87,6 +87,7 @@ def test_ema_from_pre_update_student_and_none_at_step_0():
     _, sched, state, step = _setup()
     before = jax.tree.map(np.asarray, state)
     state, _ = step(state, _batch(0))
+    # Exact: the EMA at step 0 keeps the teacher's own values (no arithmetic on them).
     for part in ("encoder", "cls_head"):  # step 0: the teachers stay as initialised
         jax.tree.map(np.testing.assert_array_equal, state["teacher"][part], before["teacher"][part])
     before = jax.tree.map(np.asarray, state)
@@ -133,6 +134,7 @@ def test_non_finite_batch_skips_update():
     x = _batch(1).at[0, 3, 5].set(jnp.nan)
     state, metrics = step(state, x)
     assert int(metrics["skipped"]) == 1 and int(state["skips"]) == 1
+    # Exact: a skipped step hands back the kept values, with no arithmetic on them.
     for k in ("params", "teacher", "center"):
         jax.tree.map(np.testing.assert_array_equal, state[k], before[k])
     # The moments stay; only the learning-rate clock moves on with the step.

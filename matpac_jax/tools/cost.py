@@ -126,8 +126,8 @@ def _main(argv=None) -> int:
     config = config_lib.load_config(args.config)
     devices = math.prod(mesh_shape)
     if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = cli.xla_flags_with_device_count(
+            os.environ.get("XLA_FLAGS"), devices
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     result = analyse(config, args.batch_size, mesh_shape, args.dtype)
