@@ -6,6 +6,7 @@ MATPAC and MATPAC++ (docs/method.md, section 5) are written once, here.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 
@@ -54,6 +55,48 @@ def load_config(spec: str, flag: str = "--config") -> ml_collections.ConfigDict:
         return module.get_config(arg or None)
     except ValueError as e:  # parse_arg's unknown or malformed argument
         raise cli.UserError(f"{flag} {spec}: {e}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, args: list[str]) -> list[str]:
+    """Applies `--config.a.b=VALUE` arguments (the trainer's override syntax) to `config`.
+
+    VALUE is read as a Python literal (4, 1e-3, True, 4,4 for a tuple, None) or else taken as a
+    string; the config's own field types check it. For the tools that do not parse with absl.
+
+    Returns:
+      The arguments that are not config overrides, in order.
+
+    Raises:
+      cli.UserError: an unknown key, a missing `=`, or a value of the wrong type.
+    """
+    rest = []
+    for arg in args:
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            continue
+        dotted, eq, text = arg.removeprefix("--config.").partition("=")
+        if not eq:
+            raise cli.UserError(f"{arg}: config overrides look like --config.{dotted}=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, name = dotted.split(".")
+        node = config
+        for i, part in enumerate(parents + [name]):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
+                where = ".".join((parents + [name])[:i]) or "the config"
+                raise cli.UserError(
+                    f"--config.{dotted}: no such config key; keys in {where}: {known}"
+                )
+            if i < len(parents):
+                node = node[part]
+        try:
+            node[name] = value
+        except TypeError as e:
+            raise cli.UserError(f"--config.{dotted}={text}: {e}") from None
+    return rest
 
 
 def check_config_file(args: list[str]) -> None:
@@ -112,6 +155,10 @@ def _config_section(args: list[str], dotted: str) -> list[str]:
         return []  # only a hint: the error message stands without it
 
 
+# Model sizes a config may set over its variant's (names of models.ModelConfig fields).
+MODEL_SIZE_KEYS = ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_num_heads")
+
+
 def pretraining_config(
     *, variant: str, runlocal: bool, num_mcl_heads: int, mcl: bool, small: bool = False
 ) -> ml_collections.ConfigDict:
@@ -141,6 +188,10 @@ def pretraining_config(
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = variant
+    # Sizes: unset takes the variant's (models.decode_variant); set, they override it, e.g.
+    # --config.model.depth=4 --config.model.pred_depth=2 for a shallower model.
+    for name in MODEL_SIZE_KEYS:
+        c.model[name] = config_dict.placeholder(int)
     c.model.num_mcl_heads = num_mcl_heads
     c.model.mask_ratio = 0.7
     c.model.cls_hidden = 2048

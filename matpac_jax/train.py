@@ -123,6 +123,10 @@ def check_config(config) -> None:
             raise cli.UserError(
                 f"--config.{key}={config[section][name]!r}: allowed: {', '.join(allowed)}"
             )
+    try:  # the variant's sizes with the config's own over them
+        models.model_config({"variant": config.model.variant, **_model_sizes(config)})
+    except ValueError as e:
+        raise cli.UserError(f"--config.{e}") from None
     if config.data.dir:
         data_dir = cli.input_dir(config.data.dir, "--config.data.dir")
         if not os.path.exists(os.path.join(data_dir, shards.INDEX_NAME)):
@@ -200,10 +204,17 @@ def resolve_normalization(config, index: dict, data_dir: str) -> None:
     config.data.mean, config.data.std = mean, std
 
 
+def _model_sizes(config) -> dict:
+    """The sizes the config sets over its variant's (config_lib.MODEL_SIZE_KEYS; None: unset)."""
+    m = config.model
+    return {k: m[k] for k in config_lib.MODEL_SIZE_KEYS if m.get(k) is not None}
+
+
 def model_config(config, data_index: dict) -> models.ModelConfig:
     m = config.model
     return models.model_config(
         {
+            **_model_sizes(config),
             "variant": m.variant,
             "num_mcl_heads": m.num_mcl_heads,
             "cls_hidden": m.cls_hidden,

@@ -160,14 +160,14 @@ def step_loss(
     return total, (loss_aux, monitors, new_center)
 
 
-def make_train_step(
+def make_loss_and_grads(
     model_cfg: models.ModelConfig,
     step_cfg: StepConfig,
     sched: schedules.Schedules,
-    tx: optax.GradientTransformation,
     seed: int,
-) -> Callable[[State, jax.Array], tuple[State, dict]]:
-    """Returns `train_step(state, x) -> (state, metrics)`; x (B, F, T) normalised log-mels."""
+) -> Callable[[State, jax.Array], tuple[tuple[jax.Array, Any], Any]]:
+    """Returns `fn(state, x) -> ((loss, (loss_aux, monitors, new_center)), grads)`: the train
+    step's forward and backward pass (its own mask), before any update."""
     graphs = graphdefs(model_cfg)
     if not step_cfg.mcl and model_cfg.num_mcl_heads != 1:
         raise ValueError(
@@ -175,13 +175,12 @@ def make_train_step(
             f"num_mcl_heads={model_cfg.num_mcl_heads}"
         )
 
-    def train_step(state: State, x: jax.Array) -> tuple[State, dict]:
+    def loss_and_grads(state: State, x: jax.Array):
         step = state["step"]
         batch_size, n_mels, frames = x.shape
         num_patches = (n_mels // model_cfg.patch) * (frames // model_cfg.patch)
         key = jax.random.fold_in(jax.random.key(seed), step)
         mask = masking.random_masking(key, batch_size, num_patches, step_cfg.mask_ratio)
-        s = sched(step)
 
         def loss_fn(params):
             return step_loss(
@@ -197,10 +196,26 @@ def make_train_step(
                 graphs=graphs,
             )
 
+        return jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+
+    return loss_and_grads
+
+
+def make_train_step(
+    model_cfg: models.ModelConfig,
+    step_cfg: StepConfig,
+    sched: schedules.Schedules,
+    tx: optax.GradientTransformation,
+    seed: int,
+) -> Callable[[State, jax.Array], tuple[State, dict]]:
+    """Returns `train_step(state, x) -> (state, metrics)`; x (B, F, T) normalised log-mels."""
+    loss_and_grads = make_loss_and_grads(model_cfg, step_cfg, sched, seed)
+
+    def train_step(state: State, x: jax.Array) -> tuple[State, dict]:
+        step = state["step"]
+        s = sched(step)
         params = state["params"]
-        (loss, (loss_aux, monitors, new_center)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params
-        )
+        (loss, (loss_aux, monitors, new_center)), grads = loss_and_grads(state, x)
         grad_norm = optax.tree.norm(grads)
         # The learning rate of this update is the schedule at `step`, whatever optax counted.
         updates, new_opt = tx.update(grads, with_lr_clock(state["opt"], step), params)

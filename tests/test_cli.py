@@ -256,6 +256,31 @@ BAD_TOOLS = {
         ["--config", "{cfg}", "--batch_size", "0"],
         "at least 1",
     ),
+    "bench_step with a misspelt config key": (
+        "tools.bench_step",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.dept=4"],
+        "--config.model.dept: no such config key; keys in model: ",
+    ),
+    "bench_step with an override of the wrong type": (
+        "tools.bench_step",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.depth=deep"],
+        "--config.model.depth=deep:",
+    ),
+    "bench_step with heads that do not divide the width": (
+        "tools.bench_step",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.num_heads=3"],
+        "model.width=32 is not divisible by model.num_heads=3",
+    ),
+    "cost with a zero depth": (
+        "tools.cost",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.depth=0"],
+        "model.depth=0: must be an integer >= 1",
+    ),
+    "cost with an override without a value": (
+        "tools.cost",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.depth"],
+        "look like --config.model.depth=VALUE",
+    ),
     "missing required flag": ("tools.cost", ["--batch_size", "2"], "--config"),
 }
 
@@ -298,3 +323,48 @@ def test_subprocess_env_adds_the_device_count_to_the_users_xla_flags(monkeypatch
     )
     env = subprocess_env(devices=2)
     assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=2"
+
+
+BENCH_TINY = ["--batch_size", "2", "--seconds", "0.1", "--matmul_n", "64"]
+BENCH_TINY += ["--config.data.crop_frames=64", "--config.model.depth=1"]
+
+
+def test_bench_step_takes_the_trainers_overrides_and_profiles(tmp_path):
+    out = _run(
+        "matpac_jax.tools.bench_step",
+        [
+            "--config",
+            _config(tmp_path),
+            *BENCH_TINY,
+            "--config.model.pred_width=16",
+            "--profile",
+            "4",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert (result["model"]["depth"], result["model"]["pred_width"]) == (1, 16)
+    assert result["step_ms"] > 0 and 0 < result["step_over_matmul"] == pytest.approx(
+        result["step_tflop_per_s"] / result["matmul_64_tflop_per_s"], rel=0.01
+    )
+    shares = [row["share"] for row in result["top_ops"]]
+    assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert all(row["runs"] >= 1 and row["hlo"] for row in result["top_ops"])
+    assert len([l for l in out.stderr.splitlines() if " ms " in l]) == 4  # the table
+
+
+def test_bench_step_compares_xla_options_in_fresh_processes(tmp_path):
+    settings = ["--xla_cpu_enable_fast_math=false", "--xla_no_such_option=1"]
+    out = _run(
+        "matpac_jax.tools.bench_step",
+        ["--config", _config(tmp_path), *BENCH_TINY, *(f"--xla_flags={s}" for s in settings)],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    default, same, broken = json.loads(out.stdout)["runs"]
+    assert default["setting"] == "(default)" and default["speedup"] == 1.0
+    assert same["xla_flags"].endswith(settings[0]) and same["model"]["depth"] == 1
+    # An option that changes nothing computes the same loss and gradients (same batch and mask).
+    assert same["equal"] and same["grad_rel"] == 0.0 and same["loss_rel"] == 0.0
+    assert "no_such_option" in broken["error"]  # a failing setting is reported, not fatal

@@ -475,3 +475,15 @@ def test_resume_with_another_batch_size_continues_and_is_recorded(data_dir, tmp_
         "total_steps": [4, 6],
     }
     assert run["config"] == second["config"] and run["schedule"]["total_steps"] == 6
+
+
+def test_model_sizes_from_the_config_override_the_variants():
+    from matpac_jax import config_lib, train  # pylint: disable=g-import-not-at-top
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs/matpac_pp.py:variant=Ti"))
+    index = {"front_end": {"n_mels": 80}}
+    assert train.model_config(config, index).depth == 12  # unset: the variant's
+    config_lib.apply_overrides(config, ["--config.model.depth=4", "--config.model.pred_depth=2"])
+    cfg = train.model_config(config, index)
+    assert (cfg.width, cfg.depth, cfg.pred_width, cfg.pred_depth) == (192, 4, 128, 2)
+    train.check_config(config)

@@ -88,6 +88,16 @@ class ModelConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={getattr(self, name)!r}; allowed: {allowed}")
+        for name in ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name}={value!r}: must be an integer >= 1")
+        for width, heads in (("width", "num_heads"), ("pred_width", "pred_num_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(
+                    f"model.{width}={getattr(self, width)} is not divisible by "
+                    f"model.{heads}={getattr(self, heads)}"
+                )
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))

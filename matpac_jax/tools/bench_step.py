@@ -1,21 +1,48 @@
 r"""Train-step throughput and achieved FLOP/s, against a large matmul timed in the same run.
 
   python -m matpac_jax.tools.bench_step --config configs/matpac_pp.py:variant=B --batch_size 8
-  python -m matpac_jax.tools.bench_step --config configs/matpac_pp.py:runlocal --batch_size 16
+  python -m matpac_jax.tools.bench_step --config configs/matpac_pp.py:variant=Ti \
+      --config.model.depth=4 --config.model.pred_depth=2 --config.model.cls_hidden=256 \
+      --config.model.cls_bottleneck=256 --config.model.cls_classes=256 --batch_size 32
+  python -m matpac_jax.tools.bench_step --config configs/matpac_pp.py:variant=B --batch_size 8 \
+      --profile 15
+  python -m matpac_jax.tools.bench_step --config configs/matpac_pp.py:variant=B --batch_size 8 \
+      --xla_flags=--xla_cpu_use_xnnpack=true --xla_flags="--xla_cpu_enable_fast_math=true"
 
 The step is the trainer's own (`train_step.make_train_step`, jitted, state donated) on random
-normalised crops; its FLOPs come from XLA's cost analysis of the compiled step. The reference
-rate is a jitted square matmul in the same dtype: on a CPU it is about the best XLA reaches, so
-the ratio says how much of the machine the step uses. Prints one JSON object.
+normalised crops, configured as the trainer is (`--config.KEY=VALUE` overrides, checked the
+same way); its FLOPs come from XLA's cost analysis of the compiled step. The reference rate is a
+jitted 2048^2 matmul in the same dtype with XLA's default options: on a CPU it is about the best
+XLA reaches, so the ratio says how much of the machine the step uses.
+
+`--profile N` lists the N ops of one step that took longest (jax.profiler trace): time, share
+of the step, the HLO op and, for a fusion, the ops it fuses.
+
+`--xla_flags FLAGS` (repeatable) compares XLA options in one command: the step runs in a fresh
+process with the default options and then in one per FLAGS (added to XLA_FLAGS); each reports
+its step time, its speed-up over the default, and how far its loss and gradients at the initial
+state, on the same batch and mask, are from the default's (relative; `equal` below 1e-5).
+
+Prints one JSON object (and, for the eye, a table on stderr).
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
+import glob
 import json
+import math
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 from matpac_jax import cli, config_lib
+
+GRAD_RTOL = 1e-5  # a setting is numerically `equal` to the default within this
 
 
 def _time(fn, *args, seconds: float, min_runs: int = 3) -> float:
@@ -42,11 +69,107 @@ def matmul_rate(n: int, dtype, seconds: float) -> float:
     return 2 * n**3 / _time(jax.jit(jnp.matmul), a, b, seconds=seconds)
 
 
-def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+# ---------------------------------------------------------------------------------------------
+# Profile: the compiled step's HLO names the ops that the trace times.
 
-    from matpac_jax import config_lib, optimizer, train  # pylint: disable=g-import-not-at-top
+_HLO_INSTR = re.compile(
+    r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|[^\s{]+)(?:\{[^}]*\})? ([\w-]+)\((.*)$", re.M
+)
+_HLO_COMP = re.compile(r"^%?([\w.\-]+) \(.*?\) -> .*?\{\n(.*?)\n\}", re.M | re.S)
+_NOT_WORK = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple"}
+
+
+def _dims(shape: str) -> list[int]:
+    return [int(d) for d in re.findall(r"\d+", shape.split("[", 1)[-1].split("]", 1)[0])]
+
+
+def _dot_flops(instrs: list[tuple[str, str, str, str]], shapes: dict[str, str]) -> int:
+    """FLOPs of the dots among HLO instructions: 2 x output elements x contracted size."""
+    flops = 0
+    for _, shape, opcode, rest in instrs:
+        contracted = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        lhs = re.match(r"\s*%?([\w.\-]+)", rest)
+        if opcode == "dot" and contracted and lhs and lhs.group(1) in shapes:
+            lhs_dims = _dims(shapes[lhs.group(1)])
+            k = math.prod(lhs_dims[int(d)] for d in contracted.group(1).split(",") if d)
+            flops += 2 * math.prod(_dims(shape)) * k
+    return flops
+
+
+def hlo_ops(hlo_text: str) -> dict[str, tuple[str, int]]:
+    """Instruction name -> (its "shape opcode", the FLOPs of its dots); a fusion is described by
+    the ops it fuses, e.g. "f32[8,512]{1,0} fusion{add,dot}"."""
+    comps = {m.group(1): _HLO_INSTR.findall(m.group(2)) for m in _HLO_COMP.finditer(hlo_text)}
+    instrs = _HLO_INSTR.findall(hlo_text)
+    shapes = {name: shape for name, shape, *_ in instrs}  # names are unique in a module
+    ops = {}
+    for instr in instrs:
+        name, shape, opcode, rest = instr
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        if opcode == "fusion" and called and called.group(1) in comps:
+            body = comps[called.group(1)]
+            fused = sorted({op for _, _, op, _ in body} - _NOT_WORK)
+            ops[name] = (f"{shape} fusion{{{','.join(fused)}}}", _dot_flops(body, shapes))
+        else:
+            ops[name] = (f"{shape} {opcode}", _dot_flops([instr], shapes))
+    return ops
+
+
+def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
+    """The `top` XLA ops of one call of `fn(*args)` by self time, from a jax.profiler trace.
+
+    An op's time is summed over its runs in the call and over threads; `share` is its fraction of
+    the summed time of all the call's ops. On an accelerator the device's timeline is used, on a
+    CPU the XLA threads'.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+
+    ops = hlo_ops(hlo_text)
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            jax.block_until_ready(fn(*args))
+        (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+        data = jax.profiler.ProfileData.from_file(path)
+    per_plane = collections.defaultdict(collections.Counter)
+    runs = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in ops:
+                    per_plane[plane.name][event.name] += event.duration_ns
+                    runs[event.name] += 1
+    if not per_plane:
+        raise RuntimeError("the profile has no XLA op events (no profiler on this backend?)")
+    devices = [p for p in per_plane if p.startswith("/device:")]
+    times = per_plane[max(devices or per_plane, key=lambda p: sum(per_plane[p].values()))]
+    total = sum(times.values())
+    rows = []
+    for name, ns in times.most_common(top):
+        hlo, flops = ops[name]
+        row = {"op": name, "ms": round(ns / 1e6, 2), "share": round(ns / total, 4)}
+        row["runs"] = runs[name]
+        if flops:
+            row["gflop_per_s"] = round(flops * runs[name] / ns, 1)
+        rows.append({**row, "hlo": hlo[:160]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The step, in this process.
+
+
+def bench(
+    config, batch_size: int, seconds: float, *, profile: int = 0, grads_out: str | None = None
+) -> dict:
+    """Times the trainer's step at `batch_size` in this process (with this process's XLA options).
+
+    With `grads_out`, first saves the loss and the gradients of the initial state on the timed
+    batch (and the step's own mask) there, as an .npz, for comparison across XLA options.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    from matpac_jax import optimizer, train  # pylint: disable=g-import-not-at-top
     from matpac_jax import train_step as ts  # pylint: disable=g-import-not-at-top
 
     with config.unlocked():
@@ -54,18 +177,20 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
     model_cfg = train.model_config(config, {"front_end": {"n_mels": config.data.num_mels}})
     sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
     tx = optimizer.make_optimizer(config.optim, sched.lr)
+    step_cfg = ts.StepConfig.from_config(config)
     state = jax.jit(lambda k: ts.init_state(k, model_cfg, tx))(jax.random.key(0))
     x = jax.random.normal(
         jax.random.key(1), (batch_size, config.data.num_mels, config.data.crop_frames)
     )
-    step = jax.jit(
-        ts.make_train_step(model_cfg, ts.StepConfig.from_config(config), sched, tx, 0),
-        donate_argnums=0,
-    )
+    if grads_out:
+        (loss, _), grads = jax.jit(ts.make_loss_and_grads(model_cfg, step_cfg, sched, 0))(state, x)
+        flat = jax.tree_util.tree_flatten_with_path(jax.device_get(grads))[0]
+        leaves = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+        np.savez(grads_out, __loss__=np.asarray(loss), **leaves)
+    step = jax.jit(ts.make_train_step(model_cfg, step_cfg, sched, tx, 0), donate_argnums=0)
     compiled = step.lower(state, x).compile()
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-
     holder = {"state": state}
 
     def run(batch):
@@ -73,36 +198,204 @@ def bench(config, batch_size: int, seconds: float, matmul_n: int) -> dict:
         return metrics["loss"]
 
     step_s = _time(run, x, seconds=seconds)
-    mm = matmul_rate(matmul_n, jnp.dtype(model_cfg.dtype), seconds=min(seconds, 5.0))
-    return {
+    out = {
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
-        "variant": config.model.variant,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "model": {k: getattr(model_cfg, k) for k in _MODEL_KEYS},
         "compute_dtype": model_cfg.dtype,
         "batch_size": batch_size,
         "step_ms": round(step_s * 1e3, 2),
         "examples_per_s": round(batch_size / step_s, 2),
         "gflop_per_example": round(flops / batch_size / 1e9, 3),
         "step_tflop_per_s": round(flops / step_s / 1e12, 4),
-        f"matmul_{matmul_n}_tflop_per_s": round(mm / 1e12, 4),
-        "step_over_matmul": round(flops / step_s / mm, 3),
     }
+    if profile:
+        out["top_ops"] = profile_ops(run, x, hlo_text=compiled.as_text(), top=profile)
+    return out
+
+
+_MODEL_KEYS = (
+    "width",
+    "depth",
+    "num_heads",
+    "pred_width",
+    "pred_depth",
+    "num_mcl_heads",
+    "cls_hidden",
+    "cls_bottleneck",
+    "cls_out",
+)
+
+
+def _with_matmul(result: dict, mm: float, n: int) -> dict:
+    step_rate = result["step_tflop_per_s"] * 1e12
+    return {
+        **result,
+        f"matmul_{n}_tflop_per_s": round(mm / 1e12, 4),
+        "step_over_matmul": round(step_rate / mm, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# XLA options compared: one fresh process per setting.
+
+
+def grad_difference(path: str, reference: str) -> dict:
+    """Relative distance of one run's loss and gradients from the reference run's."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    with np.load(path) as got, np.load(reference) as want:
+        loss, want_loss = float(got["__loss__"]), float(want["__loss__"])
+        keys = [k for k in want.files if k != "__loss__"]
+        diff_sq = ref_sq = 0.0
+        worst, worst_key = 0.0, ""
+        for k in keys:
+            g, w = got[k].astype(np.float64), want[k].astype(np.float64)
+            d, r = np.square(g - w).sum(), np.square(w).sum()
+            diff_sq, ref_sq = diff_sq + d, ref_sq + r
+            rel = math.sqrt(d / r) if r > 0 else (0.0 if d == 0 else math.inf)
+            if rel > worst:
+                worst, worst_key = rel, k
+    grad_rel = math.sqrt(diff_sq / ref_sq) if ref_sq > 0 else 0.0
+    loss_rel = abs(loss - want_loss) / max(abs(want_loss), 1e-30)
+    return {
+        "loss_rel": float(f"{loss_rel:.3g}"),
+        "grad_rel": float(f"{grad_rel:.3g}"),
+        "grad_rel_worst_leaf": [worst_key, float(f"{worst:.3g}")],
+        "equal": bool(loss_rel <= GRAD_RTOL and grad_rel <= GRAD_RTOL),
+    }
+
+
+def _child_run(argv: list[str], extra_flags: str, grads_out: str, timeout: float) -> dict:
+    """One setting in a fresh process: this command with `--_grads_out`, `extra_flags` added to
+    XLA_FLAGS. A failure is reported, not raised: some options break the compiler."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), extra_flags) if f)
+    cmd = [sys.executable, "-m", "matpac_jax.tools.bench_step", *argv, "--_grads_out", grads_out]
+    try:
+        out = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+        return {"error": f"exit {out.returncode}: {lines[-1][:300] if lines else ''}"}
+    return json.loads(out.stdout)
+
+
+def compare_flags(argv: list[str], settings: list[str], matmul_n: int, timeout: float) -> dict:
+    """The default and each setting of `settings`, each in its own process; then the matmul."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = os.path.join(tmp, "default.npz")
+        for i, flags in enumerate(["", *settings]):
+            grads = reference if i == 0 else os.path.join(tmp, f"{i}.npz")
+            result = {"setting": flags or "(default)", **_child_run(argv, flags, grads, timeout)}
+            if "error" not in result and i > 0 and os.path.exists(reference):
+                result.update(grad_difference(grads, reference))
+            runs.append(result)
+    base = runs[0].get("step_ms")
+    mm = matmul_rate(matmul_n, jnp.float32, seconds=5.0)  # the children ran in float32 on CPU
+    for r in runs:
+        if "step_ms" in r:
+            r.update(_with_matmul(r, mm, matmul_n))
+            if base:
+                r["speedup"] = round(base / r["step_ms"], 3)
+    return {f"matmul_{matmul_n}_tflop_per_s": round(mm / 1e12, 4), "runs": runs}
+
+
+def _print_table(result: dict) -> None:
+    for row in result.get("top_ops", ()):
+        print(
+            f"{row['ms']:10.2f} ms {100 * row['share']:5.1f}% x{row['runs']:<4d} {row['op']}: "
+            f"{row['hlo']}" + (f" ({row['gflop_per_s']} GFLOP/s)" if "gflop_per_s" in row else ""),
+            file=sys.stderr,
+        )
+    for r in result.get("runs", ()):
+        if "error" in r:
+            print(f"{r['setting']}: {r['error']}", file=sys.stderr)
+            continue
+        check = (
+            ""
+            if "equal" not in r
+            else (
+                f", loss rel {r['loss_rel']:.1e}, grads rel {r['grad_rel']:.1e} "
+                f"({'equal' if r['equal'] else 'DIFFERENT'})"
+            )
+        )
+        print(
+            f"{r['setting']}: {r['step_ms']:.1f} ms, {r['step_over_matmul']:.3f} of the matmul, "
+            f"x{r.get('speedup', float('nan')):.3f}{check}",
+            file=sys.stderr,
+        )
 
 
 PROG = "python -m matpac_jax.tools.bench_step"
 
 
 def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = cli.ArgumentParser(PROG, __doc__)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="e.g. configs/matpac_pp.py:variant=B")
     p.add_argument("--batch_size", type=int, required=True)
     p.add_argument("--seconds", type=float, default=20.0, help="timing window of the step")
     p.add_argument("--matmul_n", type=int, default=2048)
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.seconds <= 0 or args.matmul_n < 1:
-        raise cli.UserError("--batch_size and --matmul_n must be at least 1, --seconds above 0")
+    p.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=15,
+        default=0,
+        metavar="N",
+        help="also profile one step and list its N (default 15) longest XLA ops",
+    )
+    p.add_argument(
+        "--xla_flags",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="compare these XLA options with the defaults, one fresh process each (repeatable)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per process with --xla_flags"
+    )
+    p.add_argument("--_grads_out", default=None, help=argparse.SUPPRESS)  # set for a child
+    args, rest = p.parse_known_args(argv)
+    if args.batch_size < 1 or args.seconds <= 0 or args.matmul_n < 1 or args.profile < 0:
+        raise cli.UserError(
+            "--batch_size and --matmul_n must be at least 1, --seconds above 0, --profile >= 0"
+        )
     config = config_lib.load_config(args.config)
-    print(json.dumps(bench(config, args.batch_size, args.seconds, args.matmul_n), indent=1))
+    unknown = config_lib.apply_overrides(config, rest)
+    if unknown:
+        raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
+    from matpac_jax import train  # pylint: disable=g-import-not-at-top
+
+    train.check_config(config)  # the trainer's checks: a benchmarked config is a trainable one
+    if args.xla_flags:
+        child_argv = [
+            *("--config", args.config, "--batch_size", str(args.batch_size)),
+            *("--seconds", str(args.seconds), "--profile", str(args.profile)),
+            *rest,
+        ]
+        result = compare_flags(child_argv, args.xla_flags, args.matmul_n, args.timeout)
+    else:
+        result = bench(
+            config, args.batch_size, args.seconds, profile=args.profile, grads_out=args._grads_out
+        )
+        if args._grads_out is None:  # a child's parent times the matmul with default options
+            import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+            mm = matmul_rate(
+                args.matmul_n, jnp.dtype(result["compute_dtype"]), min(args.seconds, 5.0)
+            )
+            result = _with_matmul(result, mm, args.matmul_n)
+    _print_table(result)
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -1,11 +1,14 @@
 r"""Compiles the train step for a config and reports XLA's FLOPs and memory; no accelerator needed.
 
   python -m matpac_jax.tools.cost --config configs/matpac_pp.py:variant=B --batch_size 8
+  python -m matpac_jax.tools.cost --config configs/matpac_pp.py:variant=B --batch_size 8 \
+      --config.model.depth=6 --config.model.num_mcl_heads=3
   python -m matpac_jax.tools.cost --config configs/matpac_pp.py:variant=B \
       --batch_size 2048 --mesh 8,1 --dtype bfloat16
 
-`--batch_size` is the global batch; `--mesh data,fsdp` lays it over that many devices (faked on
-a CPU host: the compiled program and its per-device memory are those of the real mesh). Prints
+`--config.KEY=VALUE` overrides the config as for the trainer. `--batch_size` is the global
+batch; `--mesh data,fsdp` lays it over that many devices (faked on a CPU host: the compiled
+program and its per-device memory are those of the real mesh). Prints
 one JSON object: FLOPs per step and per example (XLA's cost analysis of the whole step:
 student and predictor forward and backward, teacher forward, optimiser, EMA), the analytic
 figure of docs/method.md, section 9 for comparison, bytes accessed, and XLA's memory analysis per
@@ -114,7 +117,7 @@ def _main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, required=True, help="global batch")
     p.add_argument("--mesh", default="1,1", help="data,fsdp device counts (faked on CPU)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: the config's)")
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
     try:
         mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     except ValueError:
@@ -124,12 +127,18 @@ def _main(argv=None) -> int:
     if args.batch_size < 1:
         raise cli.UserError(f"--batch_size {args.batch_size}: must be at least 1")
     config = config_lib.load_config(args.config)
+    unknown = config_lib.apply_overrides(config, rest)  # --config.KEY=VALUE, as the trainer
+    if unknown:
+        raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
     devices = math.prod(mesh_shape)
     if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
         os.environ["XLA_FLAGS"] = cli.xla_flags_with_device_count(
             os.environ.get("XLA_FLAGS"), devices
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from matpac_jax import train  # pylint: disable=g-import-not-at-top  (imports jax)
+
+    train.check_config(config)  # the trainer's checks: an analysed config is a trainable one
     result = analyse(config, args.batch_size, mesh_shape, args.dtype)
     print(json.dumps(result, indent=1))
     return 0
