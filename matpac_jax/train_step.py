@@ -78,10 +78,6 @@ def graphdefs(model_cfg: models.ModelConfig):
     return nnx.graphdef(student), nnx.graphdef(teacher)
 
 
-def _select(pred: jax.Array, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def with_lr_clock(opt_state: Any, step: jax.Array | int) -> Any:
     """The optimiser state with its learning-rate schedule's count set to `step`.
 
@@ -217,27 +213,31 @@ def make_train_step(
         params = state["params"]
         (loss, (loss_aux, monitors, new_center)), grads = loss_and_grads(state, x)
         grad_norm = optax.tree.norm(grads)
-        # The learning rate of this update is the schedule at `step`, whatever optax counted.
-        updates, new_opt = tx.update(grads, with_lr_clock(state["opt"], step), params)
-        new_teacher = {
-            "encoder": ema.ema_update(
-                state["teacher"]["encoder"], params["student"], s["ema/encoder"], step
-            ),
-            "cls_head": ema.ema_update(
-                state["teacher"]["cls_head"], params["cls_head"], s["ema/cls_head"], step
-            ),
-        }
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        kept = _select(
-            ok,
-            {
+
+        def update(_):
+            # The learning rate of this update is the schedule at `step`, whatever optax counted.
+            updates, new_opt = tx.update(grads, with_lr_clock(state["opt"], step), params)
+            return {
                 "params": optax.apply_updates(params, updates),
                 "opt": new_opt,
-                "teacher": new_teacher,
+                "teacher": {
+                    "encoder": ema.ema_update(
+                        state["teacher"]["encoder"], params["student"], s["ema/encoder"], step
+                    ),
+                    "cls_head": ema.ema_update(
+                        state["teacher"]["cls_head"], params["cls_head"], s["ema/cls_head"], step
+                    ),
+                },
                 "center": new_center,
-            },
-            {k: state[k] for k in ("params", "opt", "teacher", "center")},
-        )
+            }
+
+        def keep(_):
+            return {k: state[k] for k in ("params", "opt", "teacher", "center")}
+
+        # One branch runs: a finite step pays nothing for the guard (a select between two
+        # copies of the state reads and writes all of it, every step).
+        kept = jax.lax.cond(ok, update, keep, None)
         new_state = {
             **kept,
             # A skipped step keeps the moments but not the clock: lr and schedules move on together.
