@@ -114,6 +114,24 @@ def initialize(
     return True
 
 
+MEET_TIMEOUT_S = 1800  # a slow compile on a loaded host, not a hang
+
+
+def meet(name: str) -> None:
+    """Every process waits here for the others, through the coordination service.
+
+    Gloo gives a new communicator 30 s (fixed) for all processes to join it: a process that is
+    still compiling the step when the others reach its first collective would fail the run. A
+    meeting after compiling lines them up (jax's own barriers are collectives, hence Gloo's).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
+    # The client of jax.distributed.initialize; jax has no public barrier outside collectives.
+    jax_distributed.global_state.client.wait_at_barrier(name, MEET_TIMEOUT_S * 1000)
+
+
 class StopRequest:
     """SIGTERM (preemption) -> stop after a step that every process agrees on.
 

@@ -408,6 +408,9 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
     try:
         for step in range(start, total_steps):
             batch = sharding.global_batch(next(data_iter), mesh)
+            if step == start and num_processes > 1:  # compiled everywhere before collectives
+                step_fn = step_fn.lower(state, batch).compile()
+                distributed.meet(f"step {start} compiled")
             state, metrics = step_fn(state, batch)
             done = step + 1
             stopping = stop(done)
