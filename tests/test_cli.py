@@ -350,7 +350,7 @@ def test_bench_step_takes_the_trainers_overrides_and_profiles(tmp_path):
     )
     shares = [row["share"] for row in result["top_ops"]]
     assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
-    assert all(row["runs"] >= 1 and row["hlo"] for row in result["top_ops"])
+    assert all(row["runs"] >= row["ops"] >= 1 and row["kind"] for row in result["top_ops"])
     assert len([l for l in out.stderr.splitlines() if " ms " in l]) == 4  # the table
 
 
@@ -367,4 +367,5 @@ def test_bench_step_compares_xla_options_in_fresh_processes(tmp_path):
     assert same["xla_flags"].endswith(settings[0]) and same["model"]["depth"] == 1
     # An option that changes nothing computes the same loss and gradients (same batch and mask).
     assert same["equal"] and same["grad_rel"] == 0.0 and same["loss_rel"] == 0.0
+    assert same["same_program"] and same["program_sha1"] == default["program_sha1"]
     assert "no_such_option" in broken["error"]  # a failing setting is reported, not fatal

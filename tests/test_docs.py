@@ -102,6 +102,8 @@ def test_shim_shrinks_sizes_never_paths():
         "--mesh",
         "8,1",
     ]
+    assert shim.shrink_word("c.py:variant=Ti") == "c.py:runlocal"
+    assert shim.shrink_word("c.py:variant=Tiny") == "c.py:variant=Tiny"  # a whole name only
     corpus = shim.shrink(["-m", "matpac_jax.data.demo_corpus", "--out", "a", "--num_pretrain=0"])
     assert corpus == [
         "-m",

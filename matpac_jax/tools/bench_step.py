@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import hashlib
 import json
 import math
 import os
@@ -96,9 +97,9 @@ def _dot_flops(instrs: list[tuple[str, str, str, str]], shapes: dict[str, str]) 
     return flops
 
 
-def hlo_ops(hlo_text: str) -> dict[str, tuple[str, int]]:
-    """Instruction name -> (its "shape opcode", the FLOPs of its dots); a fusion is described by
-    the ops it fuses, e.g. "f32[8,512]{1,0} fusion{add,dot}"."""
+def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str, int]]:
+    """Instruction name -> (its shape, its kind, the FLOPs of its dots). The kind is the opcode,
+    or for a fusion its name's stem and the ops it fuses, e.g. "loop_fusion{add,select}"."""
     comps = {m.group(1): _HLO_INSTR.findall(m.group(2)) for m in _HLO_COMP.finditer(hlo_text)}
     instrs = _HLO_INSTR.findall(hlo_text)
     shapes = {name: shape for name, shape, *_ in instrs}  # names are unique in a module
@@ -109,18 +110,20 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, int]]:
         if opcode == "fusion" and called and called.group(1) in comps:
             body = comps[called.group(1)]
             fused = sorted({op for _, _, op, _ in body} - _NOT_WORK)
-            ops[name] = (f"{shape} fusion{{{','.join(fused)}}}", _dot_flops(body, shapes))
+            stem = re.sub(r"\.\d+$", "", name)
+            ops[name] = (shape, f"{stem}{{{','.join(fused)}}}", _dot_flops(body, shapes))
         else:
-            ops[name] = (f"{shape} {opcode}", _dot_flops([instr], shapes))
+            ops[name] = (shape, opcode, _dot_flops([instr], shapes))
     return ops
 
 
 def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
-    """The `top` XLA ops of one call of `fn(*args)` by self time, from a jax.profiler trace.
+    """The `top` kinds of XLA op of one call of `fn(*args)` by self time (jax.profiler trace).
 
-    An op's time is summed over its runs in the call and over threads; `share` is its fraction of
-    the summed time of all the call's ops. On an accelerator the device's timeline is used, on a
-    CPU the XLA threads'.
+    Ops are grouped by kind (`hlo_ops`: opcode, or fusion stem and fused ops): `ops` of them, run
+    `runs` times in all. Time is summed over runs and threads; `share` is the fraction of the
+    summed time of all the call's ops; `largest` is the kind's longest op and its shape. On an
+    accelerator the device's timeline is used, on a CPU the XLA threads'.
     """
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -143,14 +146,27 @@ def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
     devices = [p for p in per_plane if p.startswith("/device:")]
     times = per_plane[max(devices or per_plane, key=lambda p: sum(per_plane[p].values()))]
     total = sum(times.values())
+    groups = collections.defaultdict(lambda: {"ns": 0, "ops": 0, "runs": 0, "flops": 0})
+    for name, ns in times.items():
+        shape, kind, flops = ops[name]
+        g = groups[kind]
+        if ns > g.get("largest_ns", -1):
+            g["largest_ns"], g["largest"] = ns, f"{name} {shape}"
+        g["ns"] += ns
+        g["ops"] += 1
+        g["runs"] += runs[name]
+        g["flops"] += flops * runs[name]
     rows = []
-    for name, ns in times.most_common(top):
-        hlo, flops = ops[name]
-        row = {"op": name, "ms": round(ns / 1e6, 2), "share": round(ns / total, 4)}
-        row["runs"] = runs[name]
-        if flops:
-            row["gflop_per_s"] = round(flops * runs[name] / ns, 1)
-        rows.append({**row, "hlo": hlo[:160]})
+    for kind, g in sorted(groups.items(), key=lambda kv: -kv[1]["ns"])[:top]:
+        row = {
+            "kind": kind[:120],
+            "ms": round(g["ns"] / 1e6, 2),
+            "share": round(g["ns"] / total, 4),
+        }
+        row.update(ops=g["ops"], runs=g["runs"], largest=g["largest"][:100])
+        if g["flops"]:
+            row["gflop_per_s"] = round(g["flops"] / g["ns"], 1)
+        rows.append(row)
     return rows
 
 
@@ -209,6 +225,8 @@ def bench(
         "examples_per_s": round(batch_size / step_s, 2),
         "gflop_per_example": round(flops / batch_size / 1e9, 3),
         "step_tflop_per_s": round(flops / step_s / 1e12, 4),
+        # The compiled program's fingerprint: equal for options that change nothing in it.
+        "program_sha1": hashlib.sha1(compiled.as_text().encode()).hexdigest()[:12],
     }
     if profile:
         out["top_ops"] = profile_ops(run, x, hlo_text=compiled.as_text(), top=profile)
@@ -297,6 +315,7 @@ def compare_flags(argv: list[str], settings: list[str], matmul_n: int, timeout: 
             result = {"setting": flags or "(default)", **_child_run(argv, flags, grads, timeout)}
             if "error" not in result and i > 0 and os.path.exists(reference):
                 result.update(grad_difference(grads, reference))
+                result["same_program"] = result["program_sha1"] == runs[0].get("program_sha1")
             runs.append(result)
     base = runs[0].get("step_ms")
     mm = matmul_rate(matmul_n, jnp.float32, seconds=5.0)  # the children ran in float32 on CPU
@@ -310,9 +329,10 @@ def compare_flags(argv: list[str], settings: list[str], matmul_n: int, timeout: 
 
 def _print_table(result: dict) -> None:
     for row in result.get("top_ops", ()):
+        rate = f", {row['gflop_per_s']} GFLOP/s" if "gflop_per_s" in row else ""
         print(
-            f"{row['ms']:10.2f} ms {100 * row['share']:5.1f}% x{row['runs']:<4d} {row['op']}: "
-            f"{row['hlo']}" + (f" ({row['gflop_per_s']} GFLOP/s)" if "gflop_per_s" in row else ""),
+            f"{row['ms']:10.2f} ms {100 * row['share']:5.1f}% {row['ops']:4d} ops {row['kind']} "
+            f"(largest {row['largest']}{rate})",
             file=sys.stderr,
         )
     for r in result.get("runs", ()):
@@ -324,7 +344,8 @@ def _print_table(result: dict) -> None:
             if "equal" not in r
             else (
                 f", loss rel {r['loss_rel']:.1e}, grads rel {r['grad_rel']:.1e} "
-                f"({'equal' if r['equal'] else 'DIFFERENT'})"
+                f"({'equal' if r['equal'] else 'DIFFERENT'}"
+                f"{', same program' if r['same_program'] else ''})"
             )
         )
         print(

@@ -43,11 +43,11 @@ CAPS = {
 
 def shrink_word(word: str) -> str:
     """ViT-B -> the tiny `mu` model: `random:B` -> `random:mu`; a config spec
-    `FILE.py:variant=B` -> `FILE.py:runlocal` (mu with small heads)."""
+    `FILE.py:variant=B` (or `Ti`, `S`) -> `FILE.py:runlocal` (mu with small heads)."""
     if word == "random:B":
         return "random:mu"
     if ".py:" in word:
-        return re.sub(r"\bvariant=B\b", "runlocal", word)
+        return re.sub(r"\bvariant=(B|S|Ti)\b", "runlocal", word)
     return word
 
 
