@@ -224,7 +224,7 @@ def bench(
         "step_ms": round(step_s * 1e3, 2),
         "examples_per_s": round(batch_size / step_s, 2),
         "gflop_per_example": round(flops / batch_size / 1e9, 3),
-        "step_tflop_per_s": round(flops / step_s / 1e12, 4),
+        "step_tflop_per_s": round(flops / step_s / 1e12, 6),
         # The compiled program's fingerprint: equal for options that change nothing in it.
         "program_sha1": hashlib.sha1(compiled.as_text().encode()).hexdigest()[:12],
     }
@@ -250,7 +250,7 @@ def _with_matmul(result: dict, mm: float, n: int) -> dict:
     step_rate = result["step_tflop_per_s"] * 1e12
     return {
         **result,
-        f"matmul_{n}_tflop_per_s": round(mm / 1e12, 4),
+        f"matmul_{n}_tflop_per_s": round(mm / 1e12, 6),
         "step_over_matmul": round(step_rate / mm, 3),
     }
 
@@ -324,7 +324,7 @@ def compare_flags(argv: list[str], settings: list[str], matmul_n: int, timeout: 
             r.update(_with_matmul(r, mm, matmul_n))
             if base:
                 r["speedup"] = round(base / r["step_ms"], 3)
-    return {f"matmul_{matmul_n}_tflop_per_s": round(mm / 1e12, 4), "runs": runs}
+    return {f"matmul_{matmul_n}_tflop_per_s": round(mm / 1e12, 6), "runs": runs}
 
 
 def _print_table(result: dict) -> None:
