@@ -52,6 +52,16 @@ BASELINES = "eval_baselines.json"  # in the workdir: random-init twin and log-me
 _CACHE_VERSION = 1
 
 
+def read_baselines(workdir: str) -> dict:
+    """WORKDIR/eval_baselines.json, the scores of the random-init twin and the log-mel baseline
+    ({} when there is none)."""
+    path = os.path.join(workdir, BASELINES)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     """How embeddings are scored (module docstring); the config's `eval_*` keys."""

@@ -62,3 +62,12 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of WORKDIR/metrics.jsonl ([] when there is none)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

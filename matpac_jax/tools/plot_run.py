@@ -25,8 +25,7 @@ import sys
 
 import numpy as np
 
-from matpac_jax import cli
-from matpac_jax.tools import run_summary
+from matpac_jax import cli, evaluators, metric_writer
 
 PROG = "python -m matpac_jax.tools.plot_run"
 # (title, key prefix, log scale) per panel of monitors.png; a prefix gathers keys like /0, /1.
@@ -140,7 +139,7 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
     """
     workdir = cli.input_dir(workdir, "workdir")
     out_dir = cli.output_dir(out_dir or os.path.join(workdir, "plots"), "--out")
-    rows = run_summary.read_metrics(workdir)
+    rows = metric_writer.read_metrics(workdir)
     if not rows:
         raise cli.UserError(f"workdir {workdir}: no logged step (no metrics.jsonl, or it is empty)")
     cli.make_dir(out_dir, "--out")
@@ -155,7 +154,7 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
     if eval_panels(rows):
         evals = os.path.join(out_dir, "evals.png")
         paths.append(
-            plot_evals(rows, run_summary.read_baselines(workdir), evals, f"{name}: evaluations")
+            plot_evals(rows, evaluators.read_baselines(workdir), evals, f"{name}: evaluations")
         )
     return paths
 

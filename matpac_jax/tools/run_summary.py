@@ -15,13 +15,13 @@ usage error (no such workdir, no metrics.jsonl in it).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
 
-from matpac_jax import cli, evaluators
+from matpac_jax import cli, evaluators, metric_writer
+from matpac_jax.tools import plot_run  # matplotlib only when a plot is drawn
 
 COLUMNS = (
     ("step", "{:>6.0f}"),
@@ -33,25 +33,6 @@ COLUMNS = (
     ("mcl_temperature", "{:15.2e}"),
     ("lr", "{:9.2e}"),
 )
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """The rows of WORKDIR/metrics.jsonl ([] when there is none)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_baselines(workdir: str) -> dict:
-    """WORKDIR/eval_baselines.json, the scores of the random-init twin and the log-mel baseline
-    ({} when there is none)."""
-    path = os.path.join(workdir, evaluators.BASELINES)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def health(rows: list[dict]) -> list[tuple[bool, str]]:
@@ -127,7 +108,7 @@ def _main(argv=None) -> int:
         raise cli.UserError(f"--rows {args.rows}: must be at least 1")
     plots = os.path.join(workdir, "plots")
     plot_dir = args.plot and cli.output_dir(args.plot_dir or plots, "--plot_dir")  # before work
-    logged = read_metrics(workdir)
+    logged = metric_writer.read_metrics(workdir)
     rows = [r for r in logged if "loss" in r]  # a step-0 row holds evaluations alone
     if not rows:
         raise cli.UserError(
@@ -142,12 +123,9 @@ def _main(argv=None) -> int:
     for passed, message in health(rows):
         ok &= passed
         print(("  ok    " if passed else "  WARN  ") + message)
-    for line in eval_lines(logged, read_baselines(workdir)):
+    for line in eval_lines(logged, evaluators.read_baselines(workdir)):
         print(line)
     if plot_dir:
-        # pylint: disable-next=g-import-not-at-top
-        from matpac_jax.tools import plot_run  # it imports this module; matplotlib when asked
-
         for path in plot_run.plot_run(workdir, plot_dir):
             print(path)
     return 0 if ok else 1
