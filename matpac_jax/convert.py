@@ -26,7 +26,6 @@ Mapping: matpac_jax/torch_layout.py. Errors in the command or the file: one line
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, convert_state
 from matpac_jax import torch_layout as tl
 
 PROG = "python -m matpac_jax.convert"
@@ -153,20 +152,6 @@ def torch_available() -> bool:
 # ---------------------------------------------------------------- encoder and heads
 
 
-def pos_embed_difference(sd: dict, key: str, cfg, width: int) -> float | None:
-    """Largest |difference| of a reference positional table from this project's, or None."""
-    if key not in sd:
-        return None
-    from matpac_jax.models import posemb  # pylint: disable=g-import-not-at-top
-
-    grid = (cfg.n_mels // cfg.patch, cfg.max_frames // cfg.patch)
-    ours = posemb.posemb_sincos_2d(*grid, width)
-    theirs = np.asarray(sd[key], np.float64).reshape(-1, width)
-    if theirs.shape != ours.shape:
-        return float("inf")
-    return float(np.abs(theirs - ours).max())
-
-
 def import_encoder(
     sd: dict[str, Any],
     *,
@@ -188,7 +173,7 @@ def import_encoder(
     params = tl.gather(sd, rules, tl.expected_shapes(cfg)["student"])
     used = {r.ref for r in rules}
     kind = tl.head_kind(sd)
-    config = export_config(cfg, source)
+    config = tl.export_config(cfg, source)
     if kind:
         params["head"] = tl.head_params(sd, kind, cfg)
         used |= {r.ref for r in tl.HEAD_RULES[kind]}
@@ -200,23 +185,10 @@ def import_encoder(
         raise cli.UserError("--labels names the classes of a head, and the weights hold none")
     report = {
         "unused": tl.unused_keys(sd, used),
-        "pos_embed": pos_embed_difference(sd, "pos_embed", cfg, cfg.width),
+        "pos_embed": tl.pos_embed_difference(sd, "pos_embed", cfg, cfg.width),
         "head": kind,
     }
     return params, config, report
-
-
-def export_config(cfg, source: str = "") -> dict:
-    """The export's config.json for an imported encoder (the papers' front end)."""
-    from matpac_jax import audio, inference  # pylint: disable=g-import-not-at-top
-
-    return {
-        "model": dataclasses.asdict(cfg),
-        "front_end": audio.FrontEnd(n_mels=cfg.n_mels).to_dict(),
-        "normalization": dict(inference.DEFAULT_NORMALIZATION),
-        "crop_frames": cfg.max_frames,
-        "source": {"converted_from": source, "layout": "reference (PyTorch)"},
-    }
 
 
 def export_to_reference(params: dict, config: dict) -> dict[str, np.ndarray]:
@@ -267,8 +239,6 @@ def _from_torch(args) -> int:
     out = cli.output_dir(args.out, "--out")
     sd, meta = read_weights(path, args.allow_pickle)
     if args.train_state:
-        from matpac_jax import convert_state  # pylint: disable=g-import-not-at-top
-
         return convert_state.main(args, path, out, sd, meta, _report)
     if os.path.exists(out) and os.listdir(out) and not export.is_export(out):
         raise cli.UserError(f"--out {args.out}: exists and is not an export; choose a new folder")

@@ -211,12 +211,10 @@ def import_train_state(
         for k in tl.unused_keys(sd, used)
         if not k.startswith(("optimizer.", "decoder.decoder_pred."))  # unused by the reference
     ]
-    from matpac_jax import convert  # pylint: disable=g-import-not-at-top
-
     report = {
         "unused": unused,
-        "pos_embed": convert.pos_embed_difference(sd, "pos_embed", cfg, cfg.width),
-        "decoder_pos_embed": convert.pos_embed_difference(
+        "pos_embed": tl.pos_embed_difference(sd, "pos_embed", cfg, cfg.width),
+        "decoder_pos_embed": tl.pos_embed_difference(
             sd, "decoder.decoder_pos_embed", cfg, cfg.pred_width
         ),
         "moments": moments is not None,
@@ -253,7 +251,7 @@ def models_heads(variant: str) -> tuple[int, int]:
 
 def main(args, path: str, out: str, sd: dict, meta: dict, report_fn: Callable) -> int:
     """`convert from-torch --train_state`: writes the workdir; prints the command to continue."""
-    from matpac_jax import checkpointing, convert, export  # pylint: disable=g-import-not-at-top
+    from matpac_jax import checkpointing, export  # pylint: disable=g-import-not-at-top
 
     if os.path.isdir(os.path.join(out, "checkpoints")) and os.listdir(
         os.path.join(out, "checkpoints")
@@ -276,7 +274,7 @@ def main(args, path: str, out: str, sd: dict, meta: dict, report_fn: Callable) -
     with cli.removed_on_failure(out):
         checkpointing.write_state_only(out, step, state, info)
         encoder = {k: state["params"][k] for k in ("patch_embed", "cls_token", "student")}
-        export.export_encoder(out, encoder, convert.export_config(cfg, path))
+        export.export_encoder(out, encoder, tl.export_config(cfg, path))
     print(f"wrote {out}: step {step}, K = {cfg.num_mcl_heads} heads. Continue with:")
     print(
         f"  python -m matpac_jax.train --workdir={out} {' '.join(overrides)} --config.data.dir=..."

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from matpac_jax import cli, models
+from matpac_jax import audio, cli, inference, models
 
 ENCODER_PREFIX = "student_encoder."
 # Fixed or bookkeeping entries of a reference state dict: never parameters here.
@@ -386,3 +386,26 @@ def head_params(sd: dict[str, Any], kind: str, cfg: models.ModelConfig) -> dict:
     shapes = {("kernel",): (width, classes), ("bias",): (classes,)}
     shapes.update({("norm_mean",): (width,), ("norm_var",): (width,)})
     return gather(sd, HEAD_RULES[kind], shapes)
+
+
+def pos_embed_difference(sd: dict, key: str, cfg, width: int) -> float | None:
+    """Largest |difference| of a reference positional table from this project's, or None."""
+    if key not in sd:
+        return None
+    grid = (cfg.n_mels // cfg.patch, cfg.max_frames // cfg.patch)
+    ours = models.posemb_sincos_2d(*grid, width)
+    theirs = np.asarray(sd[key], np.float64).reshape(-1, width)
+    if theirs.shape != ours.shape:
+        return float("inf")
+    return float(np.abs(theirs - ours).max())
+
+
+def export_config(cfg, source: str = "") -> dict:
+    """The export's config.json for an imported encoder (the papers' front end)."""
+    return {
+        "model": dataclasses.asdict(cfg),
+        "front_end": audio.FrontEnd(n_mels=cfg.n_mels).to_dict(),
+        "normalization": dict(inference.DEFAULT_NORMALIZATION),
+        "crop_frames": cfg.max_frames,
+        "source": {"converted_from": source, "layout": "reference (PyTorch)"},
+    }
