@@ -13,7 +13,7 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
-from matpac_jax import cli, evaluators
+from matpac_jax import cli
 
 # The papers' pretraining data (AudioSet clips >= 6 s); used only to state the paper schedule.
 PAPER_NUM_CLIPS = 2_012_615
@@ -155,6 +155,11 @@ def _config_section(args: list[str], dotted: str) -> list[str]:
         return []  # only a hint: the error message stands without it
 
 
+# Defaults of the probe evaluators (matpac_jax/evaluators.py), in its CLI and in the configs.
+EVAL_KNN_K = 20
+EVAL_KNN_TEMPERATURE = 0.07  # DINO's: the nearest neighbours dominate the vote
+EVAL_LINEAR_MAX_TRAIN = 512
+
 # Model sizes a config may set over its variant's (names of models.ModelConfig fields).
 MODEL_SIZE_KEYS = ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_num_heads")
 
@@ -258,9 +263,9 @@ def pretraining_config(
     c.eval_every = 0  # steps between evaluations (0: only before the first and after the last)
     c.eval_teacher = False  # also score the teacher encoder (eval/<task>/teacher_<metric>)
     c.eval_protocols = "knn"  # comma-separated: knn (cheap), linear (probe_lib, a subsample)
-    c.eval_knn_k = evaluators.KNN_K  # neighbours voting, weighted by exp(cosine / temperature)
-    c.eval_knn_temperature = evaluators.KNN_TEMPERATURE
-    c.eval_linear_max_train = evaluators.LINEAR_MAX_TRAIN  # training clips of the linear probe
+    c.eval_knn_k = EVAL_KNN_K  # neighbours voting, weighted by exp(cosine / temperature)
+    c.eval_knn_temperature = EVAL_KNN_TEMPERATURE
+    c.eval_linear_max_train = EVAL_LINEAR_MAX_TRAIN  # training clips of the linear probe
     c.eval_cache = "~/.cache/matpac_jax/eval"  # the eval clips' log-mels, keyed by their files
 
     if runlocal or small:

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from matpac_jax import cli, probe_data
+from matpac_jax import cli, config_lib, probe_data
 
 # jax, the models and probe_lib are imported inside the functions that need them, so that a
 # mistake in the inputs is answered before those slow imports.
@@ -44,9 +44,6 @@ from matpac_jax import cli, probe_data
 PROG = "python -m matpac_jax.evaluators"
 PROTOCOLS = ("knn", "linear")
 DEMO_TASKS = ("timbre", "pitch", "event")
-KNN_K = 20
-KNN_TEMPERATURE = 0.07  # DINO's: the nearest neighbours dominate the vote
-LINEAR_MAX_TRAIN = 512
 EMBED_WINDOW = 64  # clips per encoder call, as the probe's embed_clips: the same batches
 BASELINES = "eval_baselines.json"  # in the workdir: random-init twin and log-mel scores
 _CACHE_VERSION = 1
@@ -67,9 +64,9 @@ class Protocol:
     """How embeddings are scored (module docstring); the config's `eval_*` keys."""
 
     protocols: tuple[str, ...] = ("knn",)
-    knn_k: int = KNN_K
-    knn_temperature: float = KNN_TEMPERATURE
-    linear_max_train: int = LINEAR_MAX_TRAIN
+    knn_k: int = config_lib.EVAL_KNN_K
+    knn_temperature: float = config_lib.EVAL_KNN_TEMPERATURE
+    linear_max_train: int = config_lib.EVAL_LINEAR_MAX_TRAIN
 
     @classmethod
     def from_config(cls, c) -> Protocol:
@@ -308,9 +305,9 @@ def _main(argv) -> int:
     p.add_argument("--encoder", required=True, help="export, workdir, random[:VARIANT] or logmel")
     p.add_argument("--task", required=True, action="append", help="task CSV or demo:NAME; repeat")
     p.add_argument("--protocols", default="knn", help=f"comma-separated: {', '.join(PROTOCOLS)}")
-    p.add_argument("--knn_k", type=int, default=KNN_K)
-    p.add_argument("--knn_temperature", type=float, default=KNN_TEMPERATURE)
-    p.add_argument("--linear_max_train", type=int, default=LINEAR_MAX_TRAIN)
+    p.add_argument("--knn_k", type=int, default=config_lib.EVAL_KNN_K)
+    p.add_argument("--knn_temperature", type=float, default=config_lib.EVAL_KNN_TEMPERATURE)
+    p.add_argument("--linear_max_train", type=int, default=config_lib.EVAL_LINEAR_MAX_TRAIN)
     p.add_argument("--cache", default="~/.cache/matpac_jax/eval", help="log-mel cache folder")
     p.add_argument("--demo_cache", default="~/.cache/matpac_jax/demo", help="demo corpus folder")
     a = p.parse_args(argv)

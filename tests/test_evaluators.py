@@ -177,8 +177,8 @@ def test_runlocal_evaluates_the_demo_tasks_only_on_the_demo_corpus():
     base = config_lib.pretraining_config(variant="B", runlocal=False, num_mcl_heads=5, mcl=True)
     assert train_evals.task_specs(base) == ()
     assert (base.eval_knn_k, base.eval_knn_temperature) == (
-        evaluators.KNN_K,
-        evaluators.KNN_TEMPERATURE,
+        config_lib.EVAL_KNN_K,
+        config_lib.EVAL_KNN_TEMPERATURE,
     )
 
 
