@@ -160,7 +160,8 @@ EVAL_KNN_K = 20
 EVAL_KNN_TEMPERATURE = 0.07  # DINO's: the nearest neighbours dominate the vote
 EVAL_LINEAR_MAX_TRAIN = 512
 
-# Model sizes a config may set over its variant's (names of models.ModelConfig fields).
+# Model sizes a config may set over its variant's (names of models.ModelConfig fields, which
+# checks them).
 MODEL_SIZE_KEYS = ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_num_heads")
 
 

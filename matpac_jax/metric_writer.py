@@ -11,6 +11,9 @@ import os
 import numpy as np
 
 
+METRICS_NAME = "metrics.jsonl"  # in the workdir: one JSON object per logged step
+
+
 class MetricWriter:
     """Appends scalars; only the writing process (process 0) touches the files.
 
@@ -21,7 +24,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, METRICS_NAME)
         self._tb = None
         if not enabled:
             return
@@ -66,7 +69,7 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of WORKDIR/metrics.jsonl ([] when there is none)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, METRICS_NAME)
     if not os.path.exists(path):
         return []
     with open(path) as f:

@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from matpac_jax import cli
+from matpac_jax import cli, metric_writer
 from matpac_jax.evaluators import BASELINES, DEMO_TASKS, Evaluator, Protocol, check_spec, split_list
 
 # jax, orbax and the encoder are imported inside the functions that need them, as in evaluators.
@@ -44,11 +44,7 @@ def summary(scores: dict) -> str:
 
 def step_logged(workdir: str, step: int) -> bool:
     """Whether WORKDIR/metrics.jsonl holds a row for `step`."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return any(json.loads(line)["step"] == step for line in f if line.strip())
+    return any(row["step"] == step for row in metric_writer.read_metrics(workdir))
 
 
 class TrainingEvals:

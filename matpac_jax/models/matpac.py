@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from matpac_jax import config_lib  # imports no jax; the config keys of the sizes
 from matpac_jax.models.heads import ClsHead, MclHeads
 from matpac_jax.models.posemb import posemb_sincos_2d
 from matpac_jax.models.predictor import Predictor
@@ -88,7 +89,7 @@ class ModelConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}={getattr(self, name)!r}; allowed: {allowed}")
-        for name in ("width", "depth", "num_heads", "pred_width", "pred_depth", "pred_num_heads"):
+        for name in config_lib.MODEL_SIZE_KEYS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name}={value!r}: must be an integer >= 1")
