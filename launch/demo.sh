@@ -39,7 +39,7 @@ step() { echo; echo "=== $* ==="; "$@"; }
 # ${A[@]+"${A[@]}"}: an empty array under `set -u` in every bash (macOS ships 3.2).
 step python -m matpac_jax.data.demo_corpus --out "$DEMO/audio" --num_workers 2 \
   ${CORPUS[@]+"${CORPUS[@]}"}
-step python -m matpac_jax.preprocess --input_dir "$DEMO/audio/pretrain" \
+step python -m matpac_jax.audio.preprocess --input_dir "$DEMO/audio/pretrain" \
   --output_dir "$DEMO/mels" --num_workers 2
 step python -m matpac_jax.tools.bench_input --data "$DEMO/mels" "${BENCH[@]}" \
   --preprocess_files 0
@@ -60,13 +60,13 @@ step python -m matpac_jax.train --config=configs/matpac_pp.py:runlocal \
 TASKS=(--task_csv "$DEMO/audio/tasks/timbre.csv" --task_csv "$DEMO/audio/tasks/pitch.csv"
        --task_csv "$DEMO/audio/tasks/event.csv")
 PROBE=(--cache "$DEMO/probe/cache" ${SEEDS[@]+"${SEEDS[@]}"})
-step python -m matpac_jax.probe --encoder "$DEMO/pretrain" "${TASKS[@]}" "${PROBE[@]}" \
+step python -m matpac_jax.evaluation.probe --encoder "$DEMO/pretrain" "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/pretrained"
-step python -m matpac_jax.probe --encoder "$DEMO/random" "${TASKS[@]}" "${PROBE[@]}" \
+step python -m matpac_jax.evaluation.probe --encoder "$DEMO/random" "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/random"
-step python -m matpac_jax.probe --encoder logmel "${TASKS[@]}" "${PROBE[@]}" \
+step python -m matpac_jax.evaluation.probe --encoder logmel "${TASKS[@]}" "${PROBE[@]}" \
   --out "$DEMO/probe/logmel"
-step python -m matpac_jax.probe table "$DEMO/probe/pretrained" "$DEMO/probe/random" \
+step python -m matpac_jax.evaluation.probe table "$DEMO/probe/pretrained" "$DEMO/probe/random" \
   "$DEMO/probe/logmel" --names "MATPAC++ runlocal" "random init" "log-mel" \
   --out "$DEMO/probe/table.md"
 

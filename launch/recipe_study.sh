@@ -31,7 +31,7 @@ MELS="$DIR/mels$([ "$NUM" = 1000 ] || echo "_$NUM")"
 step() { echo; echo "=== $* ==="; "$@"; }
 
 step python -m matpac_jax.data.demo_corpus --out "$CORPUS" --num_pretrain "$NUM" --num_workers 2
-step python -m matpac_jax.preprocess --input_dir "$CORPUS/pretrain" --output_dir "$MELS" \
+step python -m matpac_jax.audio.preprocess --input_dir "$CORPUS/pretrain" --output_dir "$MELS" \
   --num_workers 2
 TASK_FILES=("$CORPUS/tasks/timbre.csv" "$CORPUS/tasks/pitch.csv" "$CORPUS/tasks/event.csv")
 EVALS="$(IFS=,; echo "${TASK_FILES[*]}")"
@@ -48,10 +48,10 @@ TASKS=()
 for t in "${TASK_FILES[@]}"; do TASKS+=(--task_csv "$t"); done
 SEEDS="${STUDY_SEEDS:-10}"
 PROBE=("${TASKS[@]}" --seeds "$SEEDS" --cache "$DIR/probe_cache")
-step python -m matpac_jax.probe --encoder "$DIR/$NAME" "${PROBE[@]}" --out "$DIR/$NAME/probe/pretrained"
-step python -m matpac_jax.probe --encoder "$DIR/${NAME}_random" "${PROBE[@]}" \
+step python -m matpac_jax.evaluation.probe --encoder "$DIR/$NAME" "${PROBE[@]}" --out "$DIR/$NAME/probe/pretrained"
+step python -m matpac_jax.evaluation.probe --encoder "$DIR/${NAME}_random" "${PROBE[@]}" \
   --out "$DIR/$NAME/probe/random"
 [ -f "$DIR/probe_logmel_${NUM}_s$SEEDS/report.json" ] \
-  || step python -m matpac_jax.probe --encoder logmel "${PROBE[@]}" --out "$DIR/probe_logmel_${NUM}_s$SEEDS"
-step python -m matpac_jax.probe table "$DIR/$NAME/probe/pretrained" "$DIR/$NAME/probe/random" \
+  || step python -m matpac_jax.evaluation.probe --encoder logmel "${PROBE[@]}" --out "$DIR/probe_logmel_${NUM}_s$SEEDS"
+step python -m matpac_jax.evaluation.probe table "$DIR/$NAME/probe/pretrained" "$DIR/$NAME/probe/random" \
   "$DIR/probe_logmel_${NUM}_s$SEEDS" --names "$NAME" "random init" "log-mel" --out "$DIR/$NAME/probe/table.md"

@@ -155,7 +155,7 @@ def _config_section(args: list[str], dotted: str) -> list[str]:
         return []  # only a hint: the error message stands without it
 
 
-# Defaults of the probe evaluators (matpac_jax/evaluators.py), in its CLI and in the configs.
+# Defaults of the probe evaluators (matpac_jax/evaluation/evaluators.py), in its CLI and in the configs.
 EVAL_KNN_K = 20
 EVAL_KNN_TEMPERATURE = 0.07  # DINO's: the nearest neighbours dominate the vote
 EVAL_LINEAR_MAX_TRAIN = 512
@@ -244,7 +244,7 @@ def pretraining_config(
 
     c.batch_size = 2048  # global: split over every device of every process
 
-    # Devices as a (data, fsdp) mesh (matpac_jax/sharding.py); -1 takes the devices left over.
+    # Devices as a (data, fsdp) mesh (matpac_jax/train/sharding.py); -1 takes the devices left over.
     # The batch is split over both axes; params, teacher and optimiser state over fsdp only.
     # (-1, 1) is plain data parallelism (the paper: 8 GPUs); raise fsdp when the state does not
     # fit on one device (docs/launching.md has the numbers). The learning rate goes with
@@ -259,7 +259,7 @@ def pretraining_config(
     c.keep_checkpoints = 3
     c.max_consecutive_skips = 20  # non-finite steps in a row before the run stops
 
-    # Probe evaluators during training (matpac_jax/evaluators.py): eval/<task>/<metric> rows.
+    # Probe evaluators during training (matpac_jax/evaluation/evaluators.py): eval/<task>/<metric> rows.
     c.evals = ""  # comma-separated task CSVs or demo:timbre, demo:pitch, demo:event; "" none
     c.eval_every = 0  # steps between evaluations (0: only before the first and after the last)
     c.eval_teacher = False  # also score the teacher encoder (eval/<task>/teacher_<metric>)

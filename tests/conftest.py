@@ -28,7 +28,8 @@ flags.FLAGS.mark_as_parsed()
 
 def write_mel_dataset(out_dir, mels, records_per_shard=4):
     """Writes log-mels straight into a shard directory (index included), skipping the audio."""
-    from matpac_jax import audio, preprocess  # pylint: disable=g-import-not-at-top
+    from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
+    from matpac_jax.audio import preprocess
 
     os.makedirs(os.path.join(out_dir, preprocess.SHARD_DIR), exist_ok=True)
     n = -(-len(mels) // records_per_shard)
@@ -54,7 +55,8 @@ def write_mel_dataset(out_dir, mels, records_per_shard=4):
 
 def tiny_step_parts(mcl=True, center_on="probs", lr_warmup_steps=10):
     """(StepConfig, Schedules) of the tiny train-step tests: fast-moving, every branch reached."""
-    from matpac_jax import schedules, train_step  # pylint: disable=g-import-not-at-top
+    from matpac_jax.objective import schedules  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import step as train_step  # pylint: disable=g-import-not-at-top
 
     step_cfg = train_step.StepConfig(
         mask_ratio=0.7,

@@ -250,7 +250,7 @@ class Assets:
         self.corpus  # pylint: disable=pointless-statement
         return self._make(
             "mels",
-            "python -m matpac_jax.preprocess --input_dir corpus/pretrain --output_dir mels\n",
+            "python -m matpac_jax.audio.preprocess --input_dir corpus/pretrain --output_dir mels\n",
         )
 
     @property

@@ -3,7 +3,7 @@ folder that is not the repository, with relative paths; and the mistakes people 
 answered with one line and exit status 2, no traceback, nothing left behind.
 
 (preprocess, embed, datasets.prepare and the demo corpus: tests/test_cli_data.py; the probe:
-tests/test_probe.py.)
+tests/test_evaluation_probe.py.)
 """
 
 import json
@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import subprocess_env, write_mel_dataset
 
 from matpac_jax import cli
@@ -92,7 +91,7 @@ def test_train_with_relative_paths_checkpoints_and_exports(user_dir):
 def test_encoder_paths_relative_to_the_current_folder(user_dir):
     cwd, _ = user_dir
     out = _run(
-        "matpac_jax.embed",
+        "matpac_jax.inference.embed",
         ["--encoder", "runs/local/export", "--input_dir", "clips", "--out", "emb.npz"],
         cwd,
     )
@@ -100,7 +99,7 @@ def test_encoder_paths_relative_to_the_current_folder(user_dir):
     with np.load(cwd / "emb.npz") as f:
         assert f["embeddings"].shape == (3, 5 * 32) and np.isfinite(f["embeddings"]).all()
     code = (
-        "from matpac_jax import hear; import numpy as np\n"
+        "from matpac_jax.inference import hear; import numpy as np\n"
         "m = hear.load_model('runs/local')\n"  # a workdir: its export
         "print(hear.get_scene_embeddings(np.zeros((1, 16000), np.float32), m).shape)"
     )

@@ -98,7 +98,7 @@ def test_demo_corpus_then_prepare_with_relative_paths(work):
 
 def test_preprocess_with_relative_paths_summarises_skips(work):
     args = ("--input_dir", "audio", "--output_dir", "mels", "--num_workers", "0")
-    code, out, err = run(work, "preprocess", *args, "--records_per_shard", "2")
+    code, out, err = run(work, "audio.preprocess", *args, "--records_per_shard", "2")
     assert code == 0, err
     assert "skipped 3 of 5 inputs" in out
     assert "  1 non_finite (e.g. nan.wav)" in out
@@ -110,15 +110,15 @@ def test_preprocess_with_relative_paths_summarises_skips(work):
     assert not (work / "mels" / ".lock.owner").exists()
 
     # The same run again resumes (nothing to do) and still prints the summary.
-    code, out, err = run(work, "preprocess", *args, "--records_per_shard", "2")
+    code, out, err = run(work, "audio.preprocess", *args, "--records_per_shard", "2")
     assert code == 0 and "  1 truncated (e.g. truncated.wav)" in out, err
 
     # Other parameters into the same OUT: refused, OUT untouched.
     plan = (work / "mels" / "plan.json").read_text()
-    code, out, err = run(work, "preprocess", *args, "--records_per_shard", "3")
+    code, out, err = run(work, "audio.preprocess", *args, "--records_per_shard", "3")
     assert code == 2 and "Traceback" not in err
     assert err.strip() == (
-        f"python -m matpac_jax.preprocess: error: --output_dir {work}/mels: holds a run with "
+        f"python -m matpac_jax.audio.preprocess: error: --output_dir {work}/mels: holds a run with "
         "other records_per_shard; resuming would mix them: use a new --output_dir, or "
         "--overwrite to start afresh"
     )
@@ -126,12 +126,14 @@ def test_preprocess_with_relative_paths_summarises_skips(work):
 
 
 def test_preprocess_that_writes_nothing_exits_1(work):
-    code, out, err = run(work, "preprocess", "--input_dir", "short", "--output_dir", "mels_short")
+    code, out, err = run(
+        work, "audio.preprocess", "--input_dir", "short", "--output_dir", "mels_short"
+    )
     assert code == 1
     assert "  3 too_short: 606 frames < --min_frames 608 (e.g. 0.wav)" in out
     assert "3 inputs: 0 written, 3 skipped" in out and "(no frames)" in out
     assert err.strip().splitlines()[-1] == (
-        "python -m matpac_jax.preprocess: error: nothing written: all 3 inputs were skipped "
+        "python -m matpac_jax.audio.preprocess: error: nothing written: all 3 inputs were skipped "
         "(reasons above)"
     )
     assert "Traceback" not in err
@@ -141,7 +143,7 @@ def test_preprocess_that_writes_nothing_exits_1(work):
 
 def test_embed_with_relative_paths(work):
     args = ("--encoder", "logmel", "--input_dir", "audio", "--out", "emb/e.npz", "--no_progress")
-    code, out, err = run(work, "embed", *args)
+    code, out, err = run(work, "inference.embed", *args)
     assert code == 0, err
     assert "  1 truncated (e.g. truncated.wav)" in out and "  1 non_finite (e.g. nan.wav)" in out
     npz = np.load(work / "emb" / "e.npz")
@@ -151,11 +153,11 @@ def test_embed_with_relative_paths(work):
 
 def test_embed_with_no_usable_file_exits_1_and_writes_nothing(work):
     args = ("--encoder", "logmel", "--input_dir", "bad", "--out", "emb_bad/e.npz")
-    code, out, err = run(work, "embed", *args)
+    code, out, err = run(work, "inference.embed", *args)
     assert code == 1 and "Traceback" not in err
     assert "skipped 2 of 2 files:" in out and "  1 unreadable (e.g. garbage.wav)" in out
     assert err.strip().splitlines()[-1] == (
-        "python -m matpac_jax.embed: error: nothing written: all 2 files were skipped "
+        "python -m matpac_jax.inference.embed: error: nothing written: all 2 files were skipped "
         "(reasons above)"
     )
     assert not (work / "emb_bad").exists()
@@ -163,7 +165,7 @@ def test_embed_with_no_usable_file_exits_1_and_writes_nothing(work):
 
 # ---------------------------------------------------------------- mistakes: one line, exit 2
 
-PP, EMB, PREP, DEMO = "preprocess", "embed", "datasets.prepare", "data.demo_corpus"
+PP, EMB, PREP, DEMO = "audio.preprocess", "inference.embed", "datasets.prepare", "data.demo_corpus"
 PP_ARGS = ("--input_dir", "audio", "--output_dir", "out")
 EMB_ARGS = ("--encoder", "logmel", "--input_dir", "audio")
 PREP_ARGS = ("--dataset", "esc50", "--manual_dir")

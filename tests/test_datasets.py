@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from matpac_jax import audio, datasets
+from matpac_jax import datasets
+from matpac_jax.audio import frontend as audio
 from matpac_jax.datasets import base, prepare
 
 

@@ -3,9 +3,8 @@
 
 import re
 
-import pytest
-
 import doc_runner
+import pytest
 from conftest import subprocess_env
 
 DOCS = doc_runner.doc_files()
@@ -73,7 +72,7 @@ def test_shim_shrinks_sizes_never_paths():
 
     argv = [
         "-m",
-        "matpac_jax.embed",
+        "matpac_jax.inference.embed",
         "--encoder",
         "random:B",
         "--input_dir",
@@ -120,6 +119,6 @@ def test_shim_shrinks_sizes_never_paths():
     train = shim.shrink(["-m", "matpac_jax.train", "--workdir=runs/x"])
     assert train[:3] == ["-m", "matpac_jax.train", "--workdir=runs/x"]
     assert train[-6:] == list(shim.TRAIN_TINY)
-    table = ["-m", "matpac_jax.probe", "table", "a", "b"]
+    table = ["-m", "matpac_jax.evaluation.probe", "table", "a", "b"]
     assert shim.shrink(table) == table
     assert shim.shrink(["-", "logmel", "32"]) == ["-", "logmel", "32"]

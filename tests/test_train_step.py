@@ -1,4 +1,4 @@
-"""The train step (matpac_jax/train_step.py): loss wiring, EMA, teacher isolation, skipping.
+"""The train step (matpac_jax/train/step.py): loss wiring, EMA, teacher isolation, skipping.
 
 The loss is recomputed independently in numpy float64 from the model's own outputs (the
 model itself is tested in test_models.py), so this checks what the step does with them: which
@@ -12,10 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_step_parts
 from flax import nnx
 
-from conftest import tiny_step_parts
-from matpac_jax import masking, models, schedules, train_step as ts
+from matpac_jax import models
+from matpac_jax.objective import masking, schedules
+from matpac_jax.train import step as ts
 
 B, F, T = 4, 32, 64  # grid (2, 4): 8 patches, 2 visible, 6 masked
 SEED = 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from matpac_jax import preprocess, shards
+from matpac_jax.audio import preprocess, shards
 from matpac_jax.data import demo_corpus
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from matpac_jax import audio
+from matpac_jax.audio import frontend as audio
 
 SAMPLE_RATE = 16_000
 SPLITS = ("train", "valid", "test")
@@ -59,7 +59,7 @@ def encode(wave: np.ndarray) -> np.ndarray:
 
 
 def to_float(pcm: np.ndarray) -> np.ndarray:
-    """Stored int16 audio -> float32 in [-1, 1), as `matpac_jax.audio.load_audio` returns it."""
+    """Stored int16 audio -> float32 in [-1, 1), as `matpac_jax.audio.frontend.load_audio` returns it."""
     return np.asarray(pcm, np.float32) / 32768.0
 
 

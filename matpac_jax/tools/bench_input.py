@@ -2,7 +2,7 @@ r"""Input-side throughput: crops/s of the pretraining pipeline and log-mel prepr
 
   python -m matpac_jax.tools.bench_input --data OUT [--batch_size 64] [--seconds 10]
 
-`OUT` is a `matpac_jax.preprocess` output. Crops are (80, 608) float32 normalised batches, timed
+`OUT` is a `matpac_jax.audio.preprocess` output. Crops are (80, 608) float32 normalised batches, timed
 after a warm-up (worker start-up excluded) with 0, 1 and 2 worker processes. Preprocessing speed
 is measured by re-running the front end over up to `--preprocess_files` of the source files
 (from `index.json`'s `input_dir`) into a temporary folder. Prints one JSON object per figure.
@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 
-from matpac_jax import cli, input_pipeline, preprocess, shards
+from matpac_jax import cli
+from matpac_jax.audio import preprocess, shards
+from matpac_jax.data import pipeline as input_pipeline
 
 
 def crops_per_second(
@@ -79,7 +81,7 @@ PROG = "python -m matpac_jax.tools.bench_input"
 
 def _main(argv=None) -> int:
     p = cli.ArgumentParser(PROG, __doc__)
-    p.add_argument("--data", required=True, help="a matpac_jax.preprocess output directory")
+    p.add_argument("--data", required=True, help="a matpac_jax.audio.preprocess output directory")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--crop_frames", type=int, default=608, help="the training crop")
     p.add_argument("--seconds", type=float, default=10.0, help="timing window per setting")
@@ -91,7 +93,7 @@ def _main(argv=None) -> int:
     if not os.path.exists(os.path.join(data, shards.INDEX_NAME)):
         raise cli.UserError(
             f"--data {args.data}: no {shards.INDEX_NAME}, not a folder of log-mel shards; make "
-            "one with python -m matpac_jax.preprocess"
+            "one with python -m matpac_jax.audio.preprocess"
         )
     input_pipeline.check_crop(shards.load_index(data), args.crop_frames)
     try:

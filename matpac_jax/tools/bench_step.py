@@ -185,8 +185,9 @@ def bench(
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from matpac_jax import optimizer, train  # pylint: disable=g-import-not-at-top
-    from matpac_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+    from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import step as ts  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
     with config.unlocked():
         config.batch_size = batch_size
@@ -394,7 +395,7 @@ def _main(argv=None) -> int:
     unknown = config_lib.apply_overrides(config, rest)
     if unknown:
         raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
-    from matpac_jax import train  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
     train.check_config(config)  # the trainer's checks: a benchmarked config is a trainable one
     if args.xla_flags:

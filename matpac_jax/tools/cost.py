@@ -32,8 +32,11 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from matpac_jax import config_lib, optimizer, sharding, train  # pylint: disable=g-import-not-at-top
-    from matpac_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+    from matpac_jax import config_lib  # pylint: disable=g-import-not-at-top
+    from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import sharding  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import step as ts  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import trainer as train
 
     with config.unlocked():
         config.batch_size = batch_size
@@ -136,7 +139,7 @@ def _main(argv=None) -> int:
             os.environ.get("XLA_FLAGS"), devices
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from matpac_jax import train  # pylint: disable=g-import-not-at-top  (imports jax)
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top  (imports jax)
 
     train.check_config(config)  # the trainer's checks: an analysed config is a trainable one
     result = analyse(config, args.batch_size, mesh_shape, args.dtype)

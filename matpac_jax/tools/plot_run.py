@@ -25,7 +25,9 @@ import sys
 
 import numpy as np
 
-from matpac_jax import cli, evaluators, metric_writer
+from matpac_jax import cli
+from matpac_jax.evaluation import evaluators
+from matpac_jax.train import metrics as metric_writer
 
 PROG = "python -m matpac_jax.tools.plot_run"
 # (title, key prefix, log scale) per panel of monitors.png; a prefix gathers keys like /0, /1.

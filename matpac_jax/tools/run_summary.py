@@ -20,8 +20,10 @@ import sys
 
 import numpy as np
 
-from matpac_jax import cli, evaluators, metric_writer
+from matpac_jax import cli
+from matpac_jax.evaluation import evaluators
 from matpac_jax.tools import plot_run  # matplotlib only when a plot is drawn
+from matpac_jax.train import metrics as metric_writer
 
 COLUMNS = (
     ("step", "{:>6.0f}"),

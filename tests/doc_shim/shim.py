@@ -27,7 +27,7 @@ TRAIN_TINY = (
 # replaces the value. A flag the command leaves out is added, so its large default is not used.
 CAPS = {
     "matpac_jax.data.demo_corpus": {"--num_pretrain": 8, "--num_labelled": 72, "--num_workers": 0},
-    "matpac_jax.preprocess": {"--num_workers": 0},
+    "matpac_jax.audio.preprocess": {"--num_workers": 0},
     "matpac_jax.tools.bench_input": {
         "--batch_size": 4,
         "--seconds": 0.5,
@@ -37,7 +37,7 @@ CAPS = {
     },
     "matpac_jax.tools.bench_step": {"--batch_size": 4, "--seconds": 0.2, "--matmul_n": 256},
     "matpac_jax.tools.cost": {"--batch_size": 8},
-    "matpac_jax.probe": {"--seeds": 1},
+    "matpac_jax.evaluation.probe": {"--seeds": 1},
 }
 
 
@@ -89,7 +89,7 @@ def shrink(argv: list[str]) -> list[str]:
     module, args = argv[at + 1], argv[at + 2 :]
     if module == "matpac_jax.train":
         args = args + list(TRAIN_TINY)
-    elif module in CAPS and not (module == "matpac_jax.probe" and args[:1] == ["table"]):
+    elif module in CAPS and not (module == "matpac_jax.evaluation.probe" and args[:1] == ["table"]):
         if "-h" not in args and "--help" not in args:
             for flag, tiny in CAPS[module].items():
                 args = _cap(args, flag, tiny)

@@ -1,0 +1,1 @@
+"""The audio front end (log-mel), preprocessing audio folders into shards, the shard format."""

@@ -1,0 +1,287 @@
+"""The probe's inputs: task CSVs (`Task`, `read_task`) and clip embeddings with their cache.
+
+A task CSV has the header `path,label,split` (split in train/valid/test) or `path,label,fold`
+(each fold in turn is the test set); `;` in a label makes the task multi-label. Audio paths are
+relative to `--audio_root`, else to the CSV's folder, else to its parent (the demo corpus's
+`DIR/tasks/*.csv` layout). Every clip is loaded at 16 kHz and cut to its first S seconds or
+zero-padded at the end; embeddings are cached under a hash of the encoder, the audio files and S.
+Input mistakes raise `cli.UserError` (one line at the command line).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from matpac_jax import cli
+from matpac_jax.evaluation import report as probe_report
+
+# probe_lib (jax, sklearn) and audio are imported inside the functions that need them, so that a
+# mistake in the inputs is answered before those slow imports.
+
+SAMPLE_RATE = 16_000
+EMBED_CHUNK = 64  # clips loaded and embedded per call: bounds memory, paces the progress bar
+SPLITS = ("train", "valid", "test")
+_CACHE_VERSION = 1
+_NAMED = 3  # missing files named in an error message; the rest are counted
+# Files in a training workdir that change while the encoder does not: left out of its fingerprint.
+_VOLATILE = ("metrics.jsonl", "tensorboard", ".lock", "damaged_checkpoints")
+
+
+def shown(path: str) -> str:
+    """`path` relative to the current directory when under it (short messages), else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks.
+
+
+@dataclasses.dataclass
+class Task:
+    """One labelled task read from a CSV; `groups` holds each row's split or fold."""
+
+    name: str
+    csv: str
+    paths: list[str]  # absolute
+    labels: list[tuple[str, ...]]
+    classes: list[str]  # sorted: the class index order (training and `confusion` rows)
+    multilabel: bool
+    kfold: bool
+    groups: list[str]
+
+    def targets(self) -> np.ndarray:
+        """(n,) class indices, or (n, C) float32 multi-hot for a multi-label task."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        if not self.multilabel:
+            return np.array([index[row[0]] for row in self.labels], np.int64)
+        y = np.zeros((len(self.labels), len(self.classes)), np.float32)
+        for r, row in enumerate(self.labels):
+            y[r, [index[c] for c in row]] = 1.0
+        return y
+
+    def folds(self) -> list[str]:
+        """The fold names in their natural order (numbers numerically)."""
+        return probe_report.natural_order(set(self.groups))
+
+    def partitions(self) -> list:
+        """One `probe_lib.Partition` per fold, or the train/valid/test split (valid None if
+        absent)."""
+        from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+
+        g = np.array(self.groups)
+        if self.kfold:
+            return [
+                probe_lib.Partition(np.flatnonzero(g != k), None, np.flatnonzero(g == k))
+                for k in self.folds()
+            ]
+        valid = np.flatnonzero(g == "valid")
+        train, test = np.flatnonzero(g == "train"), np.flatnonzero(g == "test")
+        return [probe_lib.Partition(train, valid if len(valid) else None, test)]
+
+    def partition_names(self) -> list[str]:
+        """`fold K` per partition of a k-fold task; one empty name for a split task."""
+        return [f"fold {k}" for k in self.folds()] if self.kfold else [""]
+
+
+def read_task(csv_path: str, audio_root: str | None = None, multilabel: bool | None = None) -> Task:
+    """Reads `path,label,split` or `path,label,fold`; `multilabel` None -> any `;` in a label.
+
+    Raises:
+      cli.UserError: the CSV is missing or malformed, or names audio files that do not exist.
+    """
+    path = cli.input_file(csv_path, what="task CSV")
+    header, rows = _read_rows(path)
+    name = shown(path)
+    group = _check_columns(name, header)
+    groups = [r[group] for r in rows]
+    _check_groups(name, group, groups)
+    if multilabel is None:
+        multilabel = any(";" in r["label"] for r in rows)
+    if not multilabel and any(not r["label"] for r in rows):
+        line = 2 + next(i for i, r in enumerate(rows) if not r["label"])
+        raise cli.UserError(f"{name}: line {line} has an empty label; give every clip one")
+    labels = [
+        tuple(s for s in (p.strip() for p in r["label"].split(";")) if s)
+        if multilabel
+        else (r["label"],)
+        for r in rows
+    ]
+    root = _audio_root(name, os.path.dirname(path), [r["path"] for r in rows], audio_root)
+    return Task(
+        name=os.path.splitext(os.path.basename(path))[0],
+        csv=path,
+        paths=[os.path.abspath(os.path.join(root, r["path"])) for r in rows],
+        labels=labels,
+        classes=sorted({c for row in labels for c in row}),
+        multilabel=multilabel,
+        kfold=group == "fold",
+        groups=groups,
+    )
+
+
+def _read_rows(path: str) -> tuple[list[str], list[dict]]:
+    """The stripped header and rows of a CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise cli.UserError(f"{shown(path)}: not a readable CSV text file ({e})") from e
+    return header, rows
+
+
+def _check_columns(name: str, header: list[str]) -> str:
+    """The grouping column, `split` or `fold`; UserError naming required and found columns."""
+    group = "fold" if "fold" in header else "split"
+    if not {"path", "label", group} <= set(header):
+        found = ", ".join(header) if header else "none (empty file)"
+        raise cli.UserError(
+            f"{name}: needs the columns path,label,split or path,label,fold; found: {found}"
+        )
+    return group
+
+
+def _check_groups(name: str, group: str, groups: list[str]) -> None:
+    """Split names known and train and test present; or at least two folds."""
+    if not groups:
+        raise cli.UserError(f"{name}: no rows under the header")
+    if group == "fold":
+        if len(set(groups)) < 2:
+            raise cli.UserError(f"{name}: a k-fold task needs at least two folds, found only one")
+        return
+    bad = sorted(set(groups) - set(SPLITS))
+    if bad:
+        line = 2 + next(i for i, g in enumerate(groups) if g in bad)
+        raise cli.UserError(
+            f"{name}: unknown split {', '.join(map(repr, bad))} (first at line {line}); "
+            f"allowed: {', '.join(SPLITS)}"
+        )
+    for need in ("train", "test"):
+        if need not in groups:
+            raise cli.UserError(f"{name}: no {need} rows; a split task needs train and test rows")
+
+
+def _audio_root(name: str, here: str, rel_paths: list[str], audio_root: str | None) -> str:
+    """The folder the CSV's paths are relative to (see the module docstring)."""
+    candidates = [cli.abspath(audio_root)] if audio_root else [here, os.path.dirname(here)]
+    missing = {}
+    for root in candidates:
+        missing[root] = [p for p in rel_paths if not os.path.isfile(os.path.join(root, p))]
+        if not missing[root]:
+            return root
+    root = min(candidates, key=lambda r: len(missing[r]))  # the likelier root: fewer missing
+    first = ", ".join(repr(p) for p in missing[root][:_NAMED])
+    more = f" and {len(missing[root]) - _NAMED} more" if len(missing[root]) > _NAMED else ""
+    hint = "" if audio_root else "; pass --audio_root DIR (the CSV's paths are relative to it)"
+    raise cli.UserError(
+        f"{name}: {len(missing[root])} of {len(rel_paths)} audio files not found under "
+        f"{' or '.join(map(shown, candidates))}: {first}{more}{hint}"
+    )
+
+
+def median_seconds(paths: list[str]) -> float:
+    """Median duration from the file headers, rounded to 0.1 s (at least 0.1 s)."""
+    import soundfile as sf  # pylint: disable=g-import-not-at-top
+
+    durations = []
+    for p in paths:
+        try:
+            durations.append(sf.info(p).duration)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise cli.UserError(
+                f"cannot read the header of {shown(p)}: {e}; fix the file or pass --clip_seconds"
+            ) from e
+    return max(0.1, round(float(np.median(durations)), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings.
+
+
+def fix_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
+    """Keeps the first `num_samples` samples, zero-padding at the end if the clip is shorter."""
+    out = np.zeros(num_samples, np.float32)
+    n = min(len(wave), num_samples)
+    out[:n] = wave[:n]
+    return out
+
+
+def _load_clip(path: str, num_samples: int) -> np.ndarray:
+    from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
+
+    try:
+        return fix_length(audio.load_audio(path, SAMPLE_RATE), num_samples)
+    except audio.AudioError as e:
+        raise cli.UserError(f"cannot load {shown(path)}: {e}; fix or drop it from the CSV") from e
+
+
+def embed_clips(featurizer, paths: list[str], num_samples: int, desc: str = "") -> np.ndarray:
+    """(n, D) float32 embeddings of fixed-length clips; loading overlaps with embedding."""
+    chunks = [paths[i : i + EMBED_CHUNK] for i in range(0, len(paths), EMBED_CHUNK)]
+    out = []
+    bar = cli.progress(len(paths), desc=desc, unit="clip")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[0]]
+        for i in range(len(chunks)):
+            waves = [f.result() for f in pending]
+            if i + 1 < len(chunks):
+                pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[i + 1]]
+            e = np.asarray(featurizer.embed(waves, SAMPLE_RATE), np.float32)
+            if e.ndim != 2 or len(e) != len(waves) or not np.isfinite(e).all():
+                raise ValueError(
+                    f"the featurizer returned {e.shape} (finite: {np.isfinite(e).all()}) for "
+                    f"{len(waves)} clips; expected finite (n, dim) embeddings"
+                )
+            out.append(e)
+            bar.update(len(waves))
+    bar.close()
+    return np.concatenate(out)
+
+
+def _stamp(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def encoder_fingerprint(spec: str) -> str:
+    """The spec, plus names, sizes and times of the files under it when it is a path."""
+    if not os.path.exists(spec):
+        return spec
+    h = hashlib.sha256(os.path.abspath(spec).encode())
+    for root, dirs, files in os.walk(spec):
+        dirs[:] = sorted(d for d in dirs if d not in _VOLATILE and ".orbax-checkpoint-tmp" not in d)
+        for name in sorted(set(files) - set(_VOLATILE)):
+            path = os.path.join(root, name)
+            h.update(f"{os.path.relpath(path, spec)}:{_stamp(path)};".encode())
+    return h.hexdigest()
+
+
+def cache_file(task: Task, spec: str, clip_seconds: float, cache_dir: str) -> str:
+    """Where the embeddings of `task` by `spec` at `clip_seconds` are cached."""
+    num_samples = round(clip_seconds * SAMPLE_RATE)
+    key = f"{_CACHE_VERSION}|{encoder_fingerprint(spec)}|{num_samples}|{SAMPLE_RATE}|"
+    h = hashlib.sha256((key + "".join(f"{p}:{_stamp(p)};" for p in task.paths)).encode())
+    # Named by content only, so tasks over the same clips (the demo's timbre and pitch) share it.
+    return os.path.join(cache_dir, f"emb-{clip_seconds:g}s-{h.hexdigest()[:16]}.npz")
+
+
+def cached_embeddings(task: Task, path: str, clip_seconds: float, featurizer) -> np.ndarray:
+    """Embeddings of every row of `task`: read from `path`, or computed and written there."""
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return z["embeddings"]
+    num_samples = round(clip_seconds * SAMPLE_RATE)
+    emb = embed_clips(featurizer, task.paths, num_samples, desc=f"embed {task.name}")
+    cli.make_dir(os.path.dirname(path))
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, embeddings=emb, paths=np.array(task.paths))
+    os.replace(path + ".tmp", path)
+    return emb

@@ -1,0 +1,1 @@
+"""The published PyTorch weights in and out (reference layouts, .pt / .safetensors)."""

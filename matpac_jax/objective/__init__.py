@@ -1,0 +1,1 @@
+"""The method's pure numerics: masking, the losses, EMA, schedules, the optimiser."""

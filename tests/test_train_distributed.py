@@ -1,0 +1,207 @@
+"""Several trainer processes on localhost: the multi-host path (matpac_jax/train/distributed.py, the
+trainer, launch/local_multiprocess.sh) on CPU devices with Gloo collectives.
+
+Every record of the data is the same 64-frame log-mel, so a crop is the whole record and every
+global batch is the same, whichever process reads which record: 2 processes x 2 devices (mesh
+(2, 2), the state sharded across the processes) must log the losses of 1 process x 1 device,
+up to the order of float32 reductions.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import logged_losses, subprocess_env, write_mel_dataset
+
+from matpac_jax.train import distributed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL, CHECKPOINT_EVERY = 24, 4
+# Observed: <= 3.6e-7 relative over 24 to 40 steps (reductions over 4 devices, 2 processes).
+LOSS_RTOL = 1e-5
+KILL_DEADLINE_S = 60
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mels")
+    rng = np.random.default_rng(0)
+    t = np.arange(64)
+    ridge = np.exp(-0.5 * ((np.arange(80)[:, None] - 30 - 0.3 * t) / 3) ** 2)
+    mel = (4 * ridge + rng.normal(size=(80, 64)) - 7).astype(np.float16)
+    write_mel_dataset(str(d), [mel] * 16, records_per_shard=8)
+    return str(d)
+
+
+def _train_args(workdir, data_dir, mesh):
+    return [
+        "--config=configs/matpac_pp.py:runlocal",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+        "--config.data.crop_frames=64",
+        "--config.batch_size=8",
+        f"--config.total_steps={TOTAL}",
+        "--config.log_every=2",
+        f"--config.checkpoint_every={CHECKPOINT_EVERY}",
+        f"--config.mesh={mesh}",
+        "--config.fsdp_min_size=0",  # shard even the tiny model's leaves across processes
+    ]
+
+
+def _finished_steps(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return (
+        sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+        if os.path.isdir(directory)
+        else []
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """One process, one device: the losses every layout must reproduce."""
+    workdir = str(tmp_path_factory.mktemp("one_process"))
+    cmd = [sys.executable, "-m", "matpac_jax.train", *_train_args(workdir, data_dir, "1,1")]
+    out = subprocess.run(
+        cmd, cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return logged_losses(workdir)
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, data_dir):
+    """Two processes started by hand; process 1 is SIGKILLed once a checkpoint is finished."""
+    workdir = str(tmp_path_factory.mktemp("two_processes"))
+    logs = [tmp_path_factory.mktemp("logs") / f"p{i}.log" for i in range(2)]
+    files = [open(log, "w") for log in logs]  # pylint: disable=consider-using-with
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "matpac_jax.train",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                *_train_args(workdir, data_dir, "2,2"),
+            ],
+            cwd=ROOT,
+            env=subprocess_env(2),
+            stdout=files[i],
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    deadline = time.time() + 300
+    # Orbax also saves the first step; wait for a regular one, after some logged steps.
+    while time.time() < deadline and _finished_steps(workdir)[-1:] < [CHECKPOINT_EVERY]:
+        assert procs[0].poll() is None, logs[0].read_text()[-3000:]
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    try:
+        procs[0].wait(timeout=KILL_DEADLINE_S + 30)
+    finally:
+        for p, f in zip(procs, files):
+            p.kill()
+            f.close()
+    return {
+        "workdir": workdir,
+        "returncode": procs[0].returncode,
+        "exit_after_s": time.time() - killed_at,
+        "output": logs[0].read_text(),
+    }
+
+
+def test_killed_process_ends_the_other(killed_run):
+    assert killed_run["returncode"] != 0, killed_run["output"][-3000:]
+    assert killed_run["exit_after_s"] < KILL_DEADLINE_S, killed_run["exit_after_s"]
+    # Either a collective notices the lost peer (a Gloo read error: this process exits at once,
+    # distributed.fail_fast) or the coordinator misses its heartbeats and ends this process.
+    out = killed_run["output"]
+    assert "exiting without waiting" in out or "detected fatal errors" in out, out[-3000:]
+    print(f"process 0 exited {killed_run['exit_after_s']:.1f} s after process 1 was killed")
+
+
+def _launch(workdir, data_dir):
+    return subprocess.Popen(
+        ["bash", "launch/local_multiprocess.sh", "2", "--", *_train_args(workdir, data_dir, "2,2")],
+        cwd=ROOT,
+        env={**subprocess_env(2), "DEVICES_PER_PROCESS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _p0_says(output, text):
+    return any(line.startswith("[p0] ") and text in line for line in output.splitlines())
+
+
+def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, reference, data_dir):
+    """Resume after the kill; SIGTERM the launcher (all processes stop at one step); resume."""
+    workdir = killed_run["workdir"]
+    finished = _finished_steps(workdir)
+    assert finished and finished[-1] < TOTAL, "the run ended before the kill: nothing was tested"
+    data_state = os.path.join(workdir, "checkpoints", str(finished[-1]), "data")
+    assert sorted(os.listdir(data_state))[-2:] == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    launcher = _launch(workdir, data_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and launcher.poll() is None:
+        if max(logged_losses(workdir)) > finished[-1]:  # stepping again
+            break
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, out[-3000:]
+    assert _p0_says(out, f"resumed from step {finished[-1]}"), out[-3000:]
+    stopped = _finished_steps(workdir)[-1]
+    assert stopped < TOTAL, "the run finished before the signal: nothing was tested"
+    assert _p0_says(out, f"saving step {stopped} and exiting"), out[-3000:]
+
+    out, _ = _launch(workdir, data_dir).communicate(timeout=600)
+    assert _p0_says(out, f"resumed from step {stopped}"), out[-3000:]
+    losses = logged_losses(workdir)
+    assert sorted(reference) == list(range(2, TOTAL + 1, 2))
+    assert set(losses) - set(reference) <= {stopped}  # a stop logs its step too
+    got, want = np.array([losses[s] for s in reference]), np.array(list(reference.values()))
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL)
+    print(f"max relative loss difference: {np.max(np.abs(got / want - 1)):.2e}")
+
+
+@pytest.mark.parametrize(
+    "env, want",
+    [
+        ({}, None),
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8"}, "slurm"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, None),  # the sbatch script itself
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}, None),
+        ({"OMPI_COMM_WORLD_SIZE": "4"}, "openmpi"),
+    ],
+)
+def test_detect_cluster(monkeypatch, env, want):
+    for name in ("SLURM_JOB_ID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.detect_cluster() == want
+
+
+def test_initialize_argument_errors_and_single_process():
+    with pytest.raises(ValueError, match="go together"):
+        distributed.initialize("auto", "127.0.0.1:1234", None, 0)
+    with pytest.raises(ValueError, match="must be one of"):
+        distributed.initialize("yes")
+    with pytest.raises(ValueError, match="contradicts"):
+        distributed.initialize("off", "127.0.0.1:1234", 2, 0)
+    assert distributed.initialize("off") is False
