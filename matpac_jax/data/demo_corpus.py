@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from matpac_jax import cli
+
 GENERATOR_VERSION = "1.0"
 SAMPLE_RATE = 16000
 PRETRAIN_SAMPLES = 97_600  # 6.10 s -> 608 frames of 400/160 (see module docstring)
@@ -483,14 +485,11 @@ def generate(
 
 def main(argv=None) -> int:
     """Command-line entry point; see the module docstring."""
-    from matpac_jax import cli  # pylint: disable=g-import-not-at-top
 
     return cli.run(_main, argv, prog="python -m matpac_jax.data.demo_corpus")
 
 
 def _main(argv) -> int:
-    from matpac_jax import cli  # pylint: disable=g-import-not-at-top
-
     parser = cli.ArgumentParser("python -m matpac_jax.data.demo_corpus", __doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num_pretrain", type=cli.int_at_least(0), default=1000)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from matpac_jax import cli
+from matpac_jax import cli, datasets
 
 PROG = "python -m matpac_jax.datasets.prepare"
 
@@ -57,8 +57,6 @@ def _check_layout(datasets, dataset: str, manual_dir: str) -> None:
 
 
 def _main(argv) -> int:
-    from matpac_jax import datasets  # pylint: disable=g-import-not-at-top (tfds: slow)
-
     parser = _parser(datasets.DATASETS)
     args = parser.parse_args(argv)
     if not args.data_dir and not args.task_csv:

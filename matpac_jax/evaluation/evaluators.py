@@ -37,10 +37,13 @@ import time
 import numpy as np
 
 from matpac_jax import cli, config_lib
+from matpac_jax.audio import frontend as audio
+from matpac_jax.data import demo_corpus
 from matpac_jax.evaluation import tasks as probe_data
 
 # jax, the models and probe_lib are imported inside the functions that need them, so that a
-# mistake in the inputs is answered before those slow imports.
+# mistake in the inputs is answered before those slow imports, and so that the tools that read
+# the baselines (run_summary, plot_run) start without them.
 
 PROG = "python -m matpac_jax.evaluation.evaluators"
 PROTOCOLS = ("knn", "linear")
@@ -119,8 +122,6 @@ def resolve_task(spec: str, demo_cache: str, flag: str = "--task") -> str:
 @functools.cache
 def _demo_audio(demo_cache: str) -> str:
     """The demo corpus's audio folder, generated if needed (once per process and folder)."""
-    from matpac_jax.data import demo_corpus  # pylint: disable=g-import-not-at-top
-
     audio_dir = os.path.join(demo_cache, "audio")
     demo_corpus.generate(audio_dir, num_workers=2)  # idempotent, as for the pretraining shards
     return audio_dir
@@ -136,7 +137,6 @@ def mel_cache_file(paths: list[str], num_samples: int, front_end: dict, cache_di
 
 def clip_log_mels(paths: list[str], num_samples: int, front_end, cache_dir: str) -> np.ndarray:
     """(n, F, T) float32 log-mels (not normalised) of fixed-length clips, cached in `cache_dir`."""
-    from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
 
     path = mel_cache_file(paths, num_samples, front_end.to_dict(), cache_dir)
     if os.path.exists(path):
@@ -198,7 +198,7 @@ def knn_votes(memory, memory_y, queries, *, k: int, temperature: float, num_clas
 
 def knn_score(x, task: EvalTask, protocol: Protocol) -> float:
     """kNN accuracy (or mAP), the mean over the task's partitions."""
-    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     kw = {"k": protocol.knn_k, "temperature": protocol.knn_temperature}
     y, c = task.y, task.num_classes
@@ -223,7 +223,7 @@ def subsample(rows, y, n: int, rng) -> np.ndarray:
 
 def linear_score(x, task: EvalTask, protocol: Protocol) -> float:
     """probe_lib's linear probe (default protocol, seed 0) on a fixed subsample of train rows."""
-    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     rng = np.random.default_rng(0)  # the same rows at every evaluation
     n = protocol.linear_max_train
@@ -242,8 +242,7 @@ SCORERS = {"knn": knn_score, "linear": linear_score}
 def embed_mels(featurizer, mels: np.ndarray) -> np.ndarray:
     """(n, E) clip embeddings of (n, F, T) raw log-mels: what `featurizer.embed` gives for the
     clips' audio (an `inference.Encoder` or `LogMelBaseline`), without recomputing the log-mels."""
-    from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
-    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
+    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     x = audio.normalize(mels, featurizer.mean, featurizer.std)
     if isinstance(featurizer, inference.LogMelBaseline):
@@ -291,7 +290,7 @@ class Evaluator:
     def baselines(self, random_encoder) -> dict:
         """{"random": scores of `random_encoder` (an untrained `inference.Encoder`), "logmel":
         scores of the log-mel statistics, normalised as the encoder's inputs}."""
-        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
+        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
         norm = {"mean": random_encoder.mean, "std": random_encoder.std}
         logmel = inference.LogMelBaseline(self.front_end, norm)
@@ -318,7 +317,7 @@ def _main(argv) -> int:
     for spec in a.task:
         check_spec(spec, "--task")
     cache, demo = cli.output_dir(a.cache, "--cache"), cli.output_dir(a.demo_cache, "--demo_cache")
-    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
+    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     featurizer = inference.load_encoder(a.encoder)
     start = time.perf_counter()

@@ -99,7 +99,7 @@ def run(
     secs = [clip_seconds or probe_data.median_seconds(t.paths) for t in tasks]
     files = [probe_data.cache_file(t, spec, s, cache_dir) for t, s in zip(tasks, secs)]
     if featurizer is None and not all(map(os.path.exists, files)):
-        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
+        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
         featurizer = inference.load_encoder(spec)
     # Warned once every input is known good, so a mistake is still answered by one line.
@@ -133,7 +133,7 @@ def config(cfg=None):
         lr 3e-5 (`probe_lib.EVAR`); a dict -> the grid protocol with these fields overridden
         (`{"learning_rates": [1e-3]}`: one lr); a `ProbeConfig` as it is.
     """
-    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     if isinstance(cfg, probe_lib.ProbeConfig):
         return cfg
@@ -147,7 +147,7 @@ def config(cfg=None):
 
 def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict:
     """The report entry of one task (its confusion PNG written to `out`)."""
-    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     start = time.time()
     try:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from matpac_jax import cli
+from matpac_jax.audio import frontend as audio
 from matpac_jax.evaluation import report as probe_report
 
 # probe_lib (jax, sklearn) and audio are imported inside the functions that need them, so that a
@@ -73,7 +74,7 @@ class Task:
     def partitions(self) -> list:
         """One `probe_lib.Partition` per fold, or the train/valid/test split (valid None if
         absent)."""
-        from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top
+        from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: only to split a task)
 
         g = np.array(self.groups)
         if self.kfold:
@@ -215,8 +216,6 @@ def fix_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def _load_clip(path: str, num_samples: int) -> np.ndarray:
-    from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
-
     try:
         return fix_length(audio.load_audio(path, SAMPLE_RATE), num_samples)
     except audio.AudioError as e:

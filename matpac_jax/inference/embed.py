@@ -162,9 +162,9 @@ def _parser() -> cli.ArgumentParser:
 
 def _embed(args, input_dir: str, paths: list[str]) -> dict[str, np.ndarray]:
     """Loads the encoder (jax is imported only now, after the checks) and embeds `paths`."""
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top (after the input checks)
 
-    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
+    from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: after the checks)
 
     # Shapes repeat across runs on one corpus: reuse compiled code, as the trainer does (unless
     # the caller has chosen a cache already).

@@ -41,7 +41,7 @@ from flax import nnx
 
 from matpac_jax import cli, models
 from matpac_jax.audio import frontend as audio
-from matpac_jax.inference import export
+from matpac_jax.inference import classifier, export
 from matpac_jax.inference.clips import (  # the first three and resample: re-exported
     DEFAULT_NORMALIZATION,
     ENCODER_KEYS,
@@ -265,8 +265,6 @@ class Encoder:
         params, config = export.load_export(path)
         head = None
         if config.get("head") and "head" in params:
-            from matpac_jax.inference import classifier  # pylint: disable=g-import-not-at-top
-
             head = classifier.Head.from_export(params["head"], config["head"])
         return cls(
             config["model"],

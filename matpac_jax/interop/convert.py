@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, models
+from matpac_jax.inference import classifier, export
 from matpac_jax.interop import convert_state
 from matpac_jax.interop import torch_layout as tl
+from matpac_jax.models import posemb
 
 PROG = "python -m matpac_jax.interop.convert"
 SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
@@ -166,7 +168,6 @@ def import_encoder(
     The report: "unused" (keys not read), "pos_embed" (largest difference from the fixed table,
     None without one), "head" (its kind or None).
     """
-    from matpac_jax.inference import classifier  # pylint: disable=g-import-not-at-top
 
     cfg = tl.infer_model_config(sd, n_mels=n_mels, num_heads=num_heads)
     prefix = tl.encoder_prefix(sd)
@@ -194,9 +195,6 @@ def import_encoder(
 
 def export_to_reference(params: dict, config: dict) -> dict[str, np.ndarray]:
     """An export's params -> the reference's state dict (encoder, pos_embed, head if any)."""
-    from matpac_jax import models  # pylint: disable=g-import-not-at-top
-    from matpac_jax.models import posemb  # pylint: disable=g-import-not-at-top
-
     cfg = models.model_config(config["model"])
     params = {k: jax_free(v) for k, v in params.items()}
     sd = tl.state_dict(params, tl.encoder_rules(cfg.depth))
@@ -234,8 +232,6 @@ def _report(report: dict) -> None:
 
 
 def _from_torch(args) -> int:
-    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
-
     path = cli.input_file(args.ckpt, what="checkpoint")
     out = cli.output_dir(args.out, "--out")
     sd, meta = read_weights(path, args.allow_pickle)
@@ -250,8 +246,6 @@ def _from_torch(args) -> int:
         sd = {**sd, **probe}  # as the reference merges them
     labels = None
     if args.labels:
-        from matpac_jax.inference import classifier  # pylint: disable=g-import-not-at-top
-
         labels = classifier.read_labels(args.labels)
     params, config, report = import_encoder(
         sd, n_mels=args.n_mels, num_heads=args.num_heads, labels=labels, source=path
@@ -268,8 +262,6 @@ def _from_torch(args) -> int:
 
 
 def _to_torch(args) -> int:
-    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
-
     src = cli.input_dir(args.export, what="export folder")
     out = args.out
     if not os.path.splitext(out)[1]:

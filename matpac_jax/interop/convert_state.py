@@ -21,10 +21,17 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from matpac_jax import cli
+from matpac_jax import cli, config_lib, models
+from matpac_jax.inference import export
 from matpac_jax.interop import torch_layout as tl
+from matpac_jax.objective import optimizer
+from matpac_jax.train import checkpoints as checkpointing
+from matpac_jax.train import step as train_step
 
 _NOT_TRAINED_PREFIXES = (
     *("_ema.", "_cls_head_ema.", "head_norm.", "head.", "probe."),
@@ -122,13 +129,6 @@ def reference_moments(sd: dict, meta: dict) -> tuple[dict | None, str]:
 
 def _opt_state(params: dict, cfg, moments: dict | None, rules, shapes, step: int):
     """The trainer's optax state for `params`: fresh, or Adam's moments from the reference."""
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-
-    from matpac_jax import config_lib  # pylint: disable=g-import-not-at-top
-    from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
-    from matpac_jax.train import step as train_step  # pylint: disable=g-import-not-at-top
-
     # The state's structure does not depend on the numbers: the default optimiser config gives it.
     optim = config_lib.pretraining_config(
         variant="B", runlocal=False, num_mcl_heads=cfg.num_mcl_heads, mcl=True
@@ -149,8 +149,6 @@ def _opt_state(params: dict, cfg, moments: dict | None, rules, shapes, step: int
 
 
 def _map_nodes(fn: Callable, tree: Any, node_type: type) -> Any:
-    import jax  # pylint: disable=g-import-not-at-top
-
     return jax.tree.map(
         lambda n: fn(n) if isinstance(n, node_type) else n,
         tree,
@@ -179,7 +177,6 @@ def import_train_state(
     Raises:
       cli.UserError: a missing or misshapen key, or no step in the file and none given.
     """
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
     cfg = tl.infer_model_config(
         sd, n_mels=n_mels, num_heads=num_heads, pred_num_heads=pred_num_heads, train_state=True
@@ -244,17 +241,12 @@ def trainer_overrides(cfg) -> list[str]:
 
 
 def models_heads(variant: str) -> tuple[int, int]:
-    from matpac_jax import models  # pylint: disable=g-import-not-at-top
-
     sizes = models.decode_variant(variant)
     return sizes["num_heads"], sizes["pred_num_heads"]
 
 
 def main(args, path: str, out: str, sd: dict, meta: dict, report_fn: Callable) -> int:
     """`convert from-torch --train_state`: writes the workdir; prints the command to continue."""
-    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
-    from matpac_jax.train import checkpoints as checkpointing  # pylint: disable=g-import-not-at-top
-
     if os.path.isdir(os.path.join(out, "checkpoints")) and os.listdir(
         os.path.join(out, "checkpoints")
     ):

@@ -2,10 +2,10 @@
 
 from matpac_jax.models.heads import ClsHead, MclHeads, WeightNormLinear, l2_normalize
 from matpac_jax.models.matpac import (
+    VARIANTS,
     MatpacModel,
     ModelConfig,
     Teacher,
-    VARIANTS,
     build,
     decode_variant,
     forward,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from matpac_jax.models.posemb import posemb_sincos_2d
-from matpac_jax.models.vit import Stack, xavier_linear, gather_tokens
+from matpac_jax.models.vit import Stack, gather_tokens, xavier_linear
 
 Dtype = Any
 

@@ -43,6 +43,9 @@ import time
 
 from matpac_jax import cli, config_lib
 
+# jax (and the trainer, which imports it) is imported inside the functions that run a step: the
+# parent of an --xla_flags comparison never imports it, each child sets its XLA_FLAGS first.
+
 GRAD_RTOL = 1e-5  # a setting is numerically `equal` to the default within this
 
 

@@ -29,14 +29,14 @@ PAPER_GFLOP_PER_EXAMPLE = 93.0  # docs/method.md, section 9, the paper's ViT-B c
 
 def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | None) -> dict:
     """Lowers and compiles one train step on abstract inputs; returns the figures."""
+    # jax (and what imports it) only now: main sets XLA_FLAGS's device count first.
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from matpac_jax import config_lib  # pylint: disable=g-import-not-at-top
     from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
     from matpac_jax.train import sharding  # pylint: disable=g-import-not-at-top
     from matpac_jax.train import step as ts  # pylint: disable=g-import-not-at-top
-    from matpac_jax.train import trainer as train
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
     with config.unlocked():
         config.batch_size = batch_size
@@ -139,7 +139,7 @@ def _main(argv=None) -> int:
             os.environ.get("XLA_FLAGS"), devices
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top  (imports jax)
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top (jax: after XLA_FLAGS)
 
     train.check_config(config)  # the trainer's checks: an analysed config is a trainable one
     result = analyse(config, args.batch_size, mesh_shape, args.dtype)

@@ -12,6 +12,9 @@ import json
 import os
 import time
 
+import jax
+from orbax.checkpoint import multihost
+
 from matpac_jax import cli
 from matpac_jax.evaluation.evaluators import (
     BASELINES,
@@ -21,7 +24,9 @@ from matpac_jax.evaluation.evaluators import (
     check_spec,
     split_list,
 )
+from matpac_jax.inference import encoder as inference
 from matpac_jax.train import metrics as metric_writer
+from matpac_jax.train import sharding
 
 # jax, orbax and the encoder are imported inside the functions that need them, as in evaluators.
 
@@ -73,11 +78,6 @@ class TrainingEvals:
     """
 
     def __init__(self, config, model_cfg, front_end, mesh, total_steps: int, *, write: bool):
-        import jax  # pylint: disable=g-import-not-at-top
-        from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
-
-        from matpac_jax.train import sharding  # pylint: disable=g-import-not-at-top
-
         self._barrier, self._waits = multihost.get_barrier_sync_fn(), 0  # no-op: one process
         self.specs, self.protocol = task_specs(config), Protocol.from_config(config)
         self.every, self.total, self.teacher = config.eval_every, total_steps, config.eval_teacher
@@ -101,9 +101,6 @@ class TrainingEvals:
 
     def __call__(self, state) -> dict:
         """The scores of the state's student (and teacher) encoder; {} on the other processes."""
-        import jax  # pylint: disable=g-import-not-at-top
-
-        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
 
         start = time.perf_counter()
         trees = {"": {k: state["params"][k] for k in inference.ENCODER_KEYS}}
@@ -133,8 +130,6 @@ class TrainingEvals:
             self.wait()
 
     def _write_baselines(self, workdir: str, seed: int) -> None:
-        from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top
-
         key = [self.specs, dataclasses.asdict(self.protocol), dataclasses.asdict(self.model_cfg)]
         key = json.loads(json.dumps([*key, self.inputs["normalization"], seed]))  # tuples: lists
         path = os.path.join(workdir, BASELINES)

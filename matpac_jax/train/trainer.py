@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from matpac_jax import cli, config_lib, dirlock, models
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
+from matpac_jax.data import demo
 from matpac_jax.data import pipeline as input_pipeline
 from matpac_jax.inference import export
 from matpac_jax.objective import optimizer, schedules
@@ -78,7 +79,6 @@ def resolve_data_dir(config) -> str:
     """The configured shard directory, or the demo corpus's (made and preprocessed once)."""
     if config.data.dir:
         return cli.abspath(config.data.dir)
-    from matpac_jax.data import demo  # pylint: disable=g-import-not-at-top
 
     return demo.pretraining_shards(cli.abspath(config.data.demo_cache))
 
