@@ -48,3 +48,42 @@ def test_data_parallel_mesh_splits_activations():
 def test_mesh_larger_than_host_is_refused():
     with pytest.raises(ValueError, match="devices"):
         cost.analyse(_config(), 8, (16, 1), None)
+
+
+def test_collective_bytes_of_hlo_lines():
+    text = "\n".join(
+        [
+            "  %ag = f32[768,768]{1,0} all-gather(f32[96,768]{1,0} %p), dimensions={0}",
+            "  %ar = (f32[3]{0}, bf16[2,5]{1,0}) all-reduce(f32[3]{0} %a, bf16[2,5]{1,0} %b)",
+            "  %a2a = f32[8,4]{1,0} all-to-all(f32[8,4]{1,0} %x), dimensions={0}",
+            "  %ags = (f32[2,4]{1,0}, f32[16,4]{1,0}) all-gather-start(f32[2,4]{1,0} %y)",
+            "  %agd = f32[16,4]{1,0} all-gather-done((f32[2,4]{1,0}, f32[16,4]{1,0}) %ags)",
+            "  %add = f32[8,4]{1,0} add(f32[8,4]{1,0} %x, f32[8,4]{1,0} %x)",
+        ]
+    )
+    assert cost.collective_bytes(text) == {
+        "all-gather": {"count": 2, "bytes": 768 * 768 * 4 + 16 * 4 * 4},
+        "all-reduce": {"count": 1, "bytes": 3 * 4 + 2 * 5 * 2},
+        "all-to-all": {"count": 1, "bytes": 8 * 4 * 4},
+    }
+
+
+def test_collective_bytes_of_a_compiled_program():
+    """A psum and an all-gather over the 8 test devices: one device's share of each."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+    mesh = jax.make_mesh((8,), ("x",))
+
+    def body(a, b):
+        return jax.lax.psum(a, "x"), jax.lax.all_gather(b, "x", tiled=True)
+
+    specs = dict(mesh=mesh, in_specs=P("x"), out_specs=(P(), P()), check_vma=False)
+    fn = jax.jit(jax.shard_map(body, **specs))
+    rows = jax.sharding.NamedSharding(mesh, P("x"))
+    x = jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=rows)
+    y = jax.ShapeDtypeStruct((8 * 3, 5), jnp.float32, sharding=rows)
+    found = cost.collective_bytes(fn.lower(x, y).compile().as_text())
+    assert found["all-reduce"]["bytes"] == 1 * 16 * 4  # each device's (1, 16) block
+    assert found["all-gather"]["bytes"] == 24 * 5 * 4  # the gathered (24, 5)

@@ -20,11 +20,41 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 
 from matpac_jax import cli, config_lib  # neither imports jax: XLA_FLAGS can still be set
 
 PAPER_GFLOP_PER_EXAMPLE = 93.0  # docs/method.md, section 9, the paper's ViT-B configuration
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter", "collective-permute")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+_BYTES.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8})
+# `%name = SHAPE KIND(` or `%name = (SHAPE, SHAPE) KIND(`; async pairs count at their -start.
+_OP = re.compile(r"=\s+(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> dict:
+    """{kind: {"count", "bytes"}} of the collectives in one device's compiled HLO: the bytes of
+    each collective's result (for an all-gather the gathered array, for a reduce-scatter the
+    scattered part), summed per kind, as written once in the program."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _OP.search(line)
+        if not m:
+            continue
+        sizes = [
+            _BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+            for dtype, dims in _ARRAY.findall(m.group(1))
+            if dtype in _BYTES
+        ]
+        # An async start returns (operands, results, ...): its largest array stands for it.
+        size = max(sizes, default=0) if m.group(3) else sum(sizes)
+        entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += size
+    return out
 
 
 def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | None) -> dict:
@@ -88,6 +118,7 @@ def analyse(config, batch_size: int, mesh_shape: tuple[int, int], dtype: str | N
         "gflop_per_example": flops / batch_size / 1e9,
         "bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan"))),
         "params": counts,
+        "collectives_per_device": collective_bytes(compiled.as_text()),
     }
     if config.model.variant == "B" and config.model.num_mcl_heads == 5:
         out["paper_gflop_per_example"] = PAPER_GFLOP_PER_EXAMPLE
