@@ -1,4 +1,5 @@
-"""Input pipeline (matpac_jax/data/pipeline.py): determinism, disjointness, crops, resume.
+"""Input pipeline (matpac_jax/data/pipeline.py): determinism, the global batch on any number of
+processes, crops, resume on another worker or process count.
 
 Records are synthetic and self-describing: row 0 holds the record id, row 1 the frame index,
 so every crop says where it came from (float16 holds these integers exactly).
@@ -69,15 +70,33 @@ def test_epochs_cover_corpus_with_new_order_and_crops(data_dir):
     assert starts[0] != starts[1]
 
 
-def test_processes_read_disjoint_slices(data_dir):
-    count = 3
-    per_process = []
-    for p in range(count):
-        ds = _dataset(data_dir, batch_size=1, process_index=p, process_count=count)
-        n = len(range(p, N_RECORDS, count))
-        per_process.append([_ids_and_starts(ds[i])[0][0] for i in range(n)])
-    seen = [i for ids in per_process for i in ids]
-    assert sorted(seen) == list(range(N_RECORDS))  # disjoint and complete within an epoch
+def _expected_global_batch(data_dir, step, batch, seed=0):
+    """(record ids, crop starts) of global batch `step`, from the definition in the module's
+    docstring, without the pipeline: epochs concatenated, each a seeded shuffle; each crop
+    seeded by (seed, epoch, record)."""
+    frames = [f for shard in shards.load_index(data_dir)["shards"] for f in shard["frames"]]
+    ids, starts = [], []
+    for g in range(step * batch, (step + 1) * batch):
+        epoch, position = divmod(g, N_RECORDS)
+        record = int(np.random.default_rng([seed, epoch]).permutation(N_RECORDS)[position])
+        rng = np.random.default_rng([seed, epoch, record])
+        ids.append(record)
+        starts.append(int(rng.integers(0, frames[record] - CROP + 1)))
+    return ids, starts
+
+
+def test_global_batches_follow_the_seeded_epoch_order(data_dir):
+    ds = _dataset(data_dir, batch_size=5, seed=3)
+    for step in (0, 3, 4, 9):  # 4 and 9 straddle an epoch boundary (23 records)
+        assert _ids_and_starts(ds[step]) == _expected_global_batch(data_dir, step, 5, seed=3)
+
+
+@pytest.mark.parametrize("splits", [[(0, 2), (2, 4), (4, 6)], [(0, 3), (3, 6)]])
+def test_processes_load_their_rows_of_the_same_global_batch(data_dir, splits):
+    whole = _dataset(data_dir, batch_size=6)
+    parts = [_dataset(data_dir, batch_size=6, rows=rows) for rows in splits]
+    for step in range(12):  # over three epochs
+        np.testing.assert_array_equal(np.concatenate([p[step] for p in parts]), whole[step])
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -98,13 +117,33 @@ def test_state_restores_exact_continuation(data_dir, num_workers):
     assert np.array_equal(expected[0], ds[7])  # the stream is the indexable dataset itself
 
 
-def test_state_from_other_worker_count_is_refused(data_dir):
+def test_state_continues_on_other_workers_and_processes(data_dir):
+    """Saved by one process with no worker; resumed by two processes (rows 0-1 and 2-3), one
+    with 2 workers: together they read the global batches the one process would have read."""
     it = input_pipeline.InputIterator(_dataset(data_dir), 0)
-    next(it)
-    other = input_pipeline.InputIterator(_dataset(data_dir), 1)
-    with pytest.raises(ValueError, match="same number of data workers"):
-        other.set_state(it.get_state())
-    other.close()
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(6)]
+    it.close()
+    halves = [
+        input_pipeline.InputIterator(_dataset(data_dir, rows=(0, 2)), 2),
+        input_pipeline.InputIterator(_dataset(data_dir, rows=(2, 4)), 0),
+    ]
+    for half in halves:
+        half.set_state(state)
+    for e in expected:
+        np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), e)
+    for half in halves:
+        assert half.get_state() == {"version": input_pipeline.STATE_VERSION, "batches": 11}
+        half.close()
+
+
+def test_state_of_an_older_version_is_refused(data_dir):
+    it = input_pipeline.InputIterator(_dataset(data_dir), 0)
+    with pytest.raises(ValueError, match="older matpac_jax"):
+        it.set_state({"num_workers": 0, "grain": {"next_index": 4}})
+    it.close()
 
 
 def test_short_record_is_a_clear_error(data_dir):

@@ -185,21 +185,28 @@ def test_all_damaged_is_a_clear_error(tmp_path, data_dir):
     assert ckpt.all_steps() == [1, 2]  # nothing moved when nothing restored
 
 
-def test_worker_count_mismatch_surfaces(tmp_path, data_dir):
-    _save_steps(tmp_path, data_dir, [1])
-    ckpt, it = _checkpointer(tmp_path), _iterator(data_dir, num_workers=1)
-    with pytest.raises(ValueError, match="same number of data workers"):
-        ckpt.restore_latest(_state(0), it)
-    it.close()
-    assert ckpt.all_steps() == [1]  # not treated as damage
+def test_data_position_restores_onto_another_worker_count(tmp_path, data_dir):
+    """The position is batches read, not a grain state: 0 workers -> 1 worker continues."""
+    ckpt, it = _checkpointer(tmp_path), _iterator(data_dir)
+    for _ in range(4):
+        next(it)
+    assert ckpt.save(4, _state(4), it)
+    expected = [next(it) for _ in range(3)]
+    ckpt.close()
+    resumed = _iterator(data_dir, num_workers=1)
+    _, step = _checkpointer(tmp_path).restore_latest(_state(0), resumed)
+    assert step == 4 and resumed.position == 4
+    for want in expected:
+        np.testing.assert_array_equal(next(resumed), want)
+    resumed.close()
 
 
-def test_process_count_mismatch_is_a_clear_error(tmp_path, data_dir):
+def test_per_process_data_of_an_older_version_is_a_clear_error(tmp_path, data_dir):
     _save_steps(tmp_path, data_dir, [1, 2])
     data = tmp_path / "checkpoints" / "2" / "data"
-    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")  # as 2 processes write
+    (data / "process_0-of-2.json").write_text('{"num_workers": 0, "grain": {}}')  # as grain did
     ckpt, it = _checkpointer(tmp_path), _iterator(data_dir)
-    with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
+    with pytest.raises(ValueError, match="written by an older matpac_jax"):
         ckpt.restore_latest(_state(0), it)
     it.close()
     assert ckpt.all_steps() == [1, 2]  # not treated as damage

@@ -1,12 +1,14 @@
 """Several trainer processes on localhost: the multi-host path (matpac_jax/train/distributed.py, the
 trainer, launch/local_multiprocess.sh) on CPU devices with Gloo collectives.
 
-Every record of the data is the same 64-frame log-mel, so a crop is the whole record and every
-global batch is the same, whichever process reads which record: 2 processes x 2 devices (mesh
-(2, 2), the state sharded across the processes) must log the losses of 1 process x 1 device,
-up to the order of float32 reductions.
+The records are distinct (each its own ridge, noise and length, so crops differ too): a layout
+computes the same steps only if it reads the same global batches in the same rows. 1 process x
+8 devices (mesh (2, 4), FSDP), and 2 processes x 2 devices (mesh (2, 2), the state sharded
+across the processes), and runs stopped on 2 processes and resumed on 1 (and the reverse), must
+all log the losses of 1 process x 1 device, up to the order of float32 reductions.
 """
 
+import json
 import os
 import signal
 import socket
@@ -31,10 +33,12 @@ KILL_DEADLINE_S = 60
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("mels")
     rng = np.random.default_rng(0)
-    t = np.arange(64)
-    ridge = np.exp(-0.5 * ((np.arange(80)[:, None] - 30 - 0.3 * t) / 3) ** 2)
-    mel = (4 * ridge + rng.normal(size=(80, 64)) - 7).astype(np.float16)
-    write_mel_dataset(str(d), [mel] * 16, records_per_shard=8)
+    mels = []
+    for i in range(16):
+        t = np.arange(64 + 3 * i)
+        ridge = np.exp(-0.5 * ((np.arange(80)[:, None] - 10 - 3 * i - 0.3 * t) / 3) ** 2)
+        mels.append((4 * ridge + rng.normal(size=(80, len(t))) - 7).astype(np.float16))
+    write_mel_dataset(str(d), mels, records_per_shard=8)
     return str(d)
 
 
@@ -62,16 +66,40 @@ def _finished_steps(workdir):
     )
 
 
+def _one_process(workdir, data_dir, devices, mesh, **kw):
+    cmd = [sys.executable, "-m", "matpac_jax.train", *_train_args(workdir, data_dir, mesh)]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     """One process, one device: the losses every layout must reproduce."""
     workdir = str(tmp_path_factory.mktemp("one_process"))
-    cmd = [sys.executable, "-m", "matpac_jax.train", *_train_args(workdir, data_dir, "1,1")]
-    out = subprocess.run(
-        cmd, cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out, _ = _one_process(workdir, data_dir, 1, "1,1").communicate(timeout=600)
+    assert "resumed" not in out
     return logged_losses(workdir)
+
+
+def _assert_same_losses(losses, reference, stopped=None):
+    assert sorted(reference) == list(range(2, TOTAL + 1, 2))
+    assert set(losses) - set(reference) <= {stopped}  # a stop logs its step too
+    got, want = np.array([losses[s] for s in reference]), np.array(list(reference.values()))
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL)
+    print(f"max relative loss difference: {np.max(np.abs(got / want - 1)):.2e}")
+
+
+def test_one_process_on_eight_devices_matches_one_device(tmp_path, reference, data_dir):
+    out, _ = _one_process(str(tmp_path), data_dir, 8, "2,4").communicate(timeout=600)
+    assert "rows [0, 8)" in out, out[-3000:]
+    _assert_same_losses(logged_losses(str(tmp_path)), reference)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +180,9 @@ def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, r
     workdir = killed_run["workdir"]
     finished = _finished_steps(workdir)
     assert finished and finished[-1] < TOTAL, "the run ended before the kill: nothing was tested"
-    data_state = os.path.join(workdir, "checkpoints", str(finished[-1]), "data")
-    assert sorted(os.listdir(data_state))[-2:] == ["process_0-of-2.json", "process_1-of-2.json"]
+    data_state = os.path.join(workdir, "checkpoints", str(finished[-1]), "data", "metadata")
+    with open(data_state) as f:  # one input position for the run, whatever the process count
+        assert json.load(f) == {"version": 2, "batches": finished[-1]}
 
     launcher = _launch(workdir, data_dir)
     deadline = time.time() + 300
@@ -169,14 +198,31 @@ def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, r
     assert stopped < TOTAL, "the run finished before the signal: nothing was tested"
     assert _p0_says(out, f"saving step {stopped} and exiting"), out[-3000:]
 
+    # Stopped on 2 processes, finished on 1 (one device, another mesh).
+    out, _ = _one_process(workdir, data_dir, 1, "1,1").communicate(timeout=600)
+    assert f"resumed from step {stopped}" in out, out[-3000:]
+    _assert_same_losses(logged_losses(workdir), reference, stopped)
+
+
+def test_stopped_on_one_process_resumes_on_two(tmp_path, reference, data_dir):
+    workdir = str(tmp_path)
+    proc = _one_process(workdir, data_dir, 1, "1,1")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (
+            os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+            and max(logged_losses(workdir), default=0) >= CHECKPOINT_EVERY
+        ):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = _finished_steps(workdir)[-1]
+    assert stopped < TOTAL, "the run finished before the signal: nothing was tested"
     out, _ = _launch(workdir, data_dir).communicate(timeout=600)
     assert _p0_says(out, f"resumed from step {stopped}"), out[-3000:]
-    losses = logged_losses(workdir)
-    assert sorted(reference) == list(range(2, TOTAL + 1, 2))
-    assert set(losses) - set(reference) <= {stopped}  # a stop logs its step too
-    got, want = np.array([losses[s] for s in reference]), np.array(list(reference.values()))
-    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL)
-    print(f"max relative loss difference: {np.max(np.abs(got / want - 1)):.2e}")
+    _assert_same_losses(logged_losses(workdir), reference, stopped)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ def _config(**changes):
         ("model.mask_ratio", True),
         ("seed", True),
         ("data.crop_frames", True),
-        ("data.num_workers", True),
+        ("data.num_workers", False),
         ("model.compute_dtype", False),  # how the same model is computed
         ("model.remat", False),
         ("batch_size", False),

@@ -1,21 +1,23 @@
 """Pretraining input pipeline: log-mel shards -> batches of random normalised crops (grain).
 
-  shards -> global shuffle (seeded, new order each epoch) -> this process's slice -> repeat
-  -> random crop of `crop_frames` (seeded per record and epoch) -> batch -> normalise
-  -> optional multiprocess prefetch
+The stream is one function of (seed, step), the same on any number of processes and devices:
 
-Every process applies the same seeded global shuffle and keeps every `process_count`-th record
-of it from `process_index` on, so within an epoch the processes read disjoint records and
-together cover the corpus. The stream is a pure function of (seed, position): its state is one
-position per process, saved and restored through `InputIterator.get_state/set_state` (the
-bytes form that `grain.checkpoint.CheckpointSave` stores beside the model in Orbax).
+  global example g = the record at position g % N of epoch g // N's seeded shuffle
+                     (N records; epochs concatenated, a new order each epoch)
+  global batch s   = global examples s*B ... (s+1)*B - 1, in that order (B: the global batch)
+  crop             = a random `crop_frames` window, seeded by (seed, epoch, record)
+
+Each process loads only its rows `[start, stop)` of every global batch (the rows its devices
+hold, `sharding.process_rows`), normalises them, and the trainer assembles the global array in
+row order. The input position is the number of batches read, so a checkpoint written by N
+processes continues exactly on M (`InputIterator.get_state/set_state`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import sys
 
 import grain
 import numpy as np
@@ -23,20 +25,76 @@ import numpy as np
 from matpac_jax import cli
 from matpac_jax.audio import shards
 
+STATE_VERSION = 2  # 1: grain's per-process iterator states (before any-topology resume)
+
+
+def epoch_order(seed: int, epoch: int, num_records: int) -> np.ndarray:
+    """The records of one epoch in their seeded shuffled order."""
+    return np.random.default_rng([seed, epoch]).permutation(num_records)
+
+
+class GlobalRows(grain.MapDataset):
+    """This process's examples: local example k -> (epoch, record, log-mel) of global example
+    `(k // rows) * batch + start + k % rows`, where rows = stop - start."""
+
+    def __init__(
+        self,
+        parent: grain.MapDataset,
+        *,
+        batch: int,
+        start: int,
+        stop: int,
+        seed: int,
+        num_epochs: int | None,
+    ):
+        super().__init__(parent)
+        if not 0 <= start < stop <= batch:
+            raise ValueError(f"rows [{start}, {stop}) are not a part of a batch of {batch}")
+        self._batch, self._start, self._rows, self._seed = batch, start, stop - start, seed
+        self._n = len(parent)
+        batches = sys.maxsize // batch if num_epochs is None else num_epochs * self._n // batch
+        self._len = batches * self._rows
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __str__(self) -> str:
+        return f"GlobalRows(batch={self._batch}, rows={self._start}+{self._rows})"
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a batch spans at most two epochs
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_order(self._seed, epoch, self._n)
+        return self._orders[epoch]
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.slice(k)
+        g = (k // self._rows) * self._batch + self._start + k % self._rows
+        epoch, position = divmod(g, self._n)
+        record = int(self._order(epoch)[position])
+        return epoch, record, self._parent[record]
+
 
 @dataclasses.dataclass(frozen=True)
-class RandomCrop(grain.transforms.RandomMap):
-    """Crops `frames` consecutive frames at a random start; float16 (n_mels, frames)."""
+class RandomCrop(grain.transforms.Map):
+    """(epoch, record, mel) -> `frames` consecutive frames at a start seeded by (seed, epoch,
+    record); float16 (n_mels, frames)."""
 
     frames: int
+    seed: int
 
-    def random_map(self, mel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def map(self, example: tuple[int, int, np.ndarray]) -> np.ndarray:
+        epoch, record, mel = example
         total = mel.shape[1]
         if total < self.frames:
             raise ValueError(
                 f"a record of {total} frames cannot give a {self.frames}-frame crop: "
                 f"preprocess with --min_frames {self.frames}"
             )
+        rng = np.random.default_rng([self.seed, epoch, record])
         start = int(rng.integers(0, total - self.frames + 1))
         return mel[:, start : start + self.frames]
 
@@ -75,36 +133,34 @@ def pretraining_dataset(
     seed: int = 0,
     mean: float = -7.056,
     std: float = 4.193,
-    process_index: int = 0,
-    process_count: int = 1,
+    rows: tuple[int, int] | None = None,
     num_epochs: int | None = None,
 ) -> grain.MapDataset:
-    """The batched crop stream of one process, as a grain `MapDataset`.
+    """This process's rows of the global batches, as a grain `MapDataset`.
 
     Args:
       data_dir: a `matpac_jax.audio.preprocess` output directory.
-      batch_size: examples per batch on THIS process (global batch / process count).
+      batch_size: the GLOBAL batch size (every process together).
       crop_frames: crop length in frames (608 in the papers).
       seed: shuffle and crop seed; the stream is a deterministic function of it.
       mean, std: normalisation statistics (AudioSet's by default, as the papers).
-      process_index, process_count: this process's slice of the global shuffle.
-      num_epochs: None repeats forever.
+      rows: (start, stop), the rows of each global batch this process loads (its devices'
+        rows, `sharding.process_rows`); None: all of them (one process).
+      num_epochs: None repeats forever; otherwise only the whole global batches of that many
+        epochs.
 
     Returns:
-      A MapDataset of float32 arrays (batch_size, n_mels, crop_frames).
+      A MapDataset of float32 arrays (stop - start, n_mels, crop_frames).
     """
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    source = shards.MelSource(data_dir)
-    if len(source) < process_count:
-        raise ValueError(f"{len(source)} records cannot feed {process_count} processes")
-    ds = grain.MapDataset.source(source).shuffle(seed=seed)
-    ds = ds[process_index::process_count]
-    ds = ds.repeat(num_epochs)
-    ds = ds.random_map(RandomCrop(crop_frames), seed=seed + 1)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    start, stop = (0, batch_size) if rows is None else rows
+    source = grain.MapDataset.source(shards.MelSource(data_dir))
+    ds = GlobalRows(
+        source, batch=batch_size, start=start, stop=stop, seed=seed, num_epochs=num_epochs
+    )
+    ds = ds.map(RandomCrop(crop_frames, seed))
+    ds = ds.batch(stop - start, drop_remainder=True)
     return ds.map(Normalize(mean, std))
 
 
@@ -125,54 +181,54 @@ def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") 
 
 
 class InputIterator:
-    """Iterator over a dataset with optional worker processes and a checked, savable state.
+    """Iterator over a dataset with optional worker processes and a savable position.
 
-    A grain state restores only into a pipeline with the same number of workers, so the state
-    records that number and `set_state` refuses another with a message saying what to do.
+    The position is the number of batches read, which is all the stream needs to continue:
+    it does not depend on the worker count or on how many processes read (each process starts
+    its own rows of the same global batch).
     """
 
     def __init__(
         self, dataset: grain.MapDataset, num_workers: int = 0, prefetch_buffer_size: int = 2
     ):
-        self.num_workers = num_workers
-        ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        if num_workers > 0:
+        self.num_workers, self._buffer = num_workers, prefetch_buffer_size
+        self._dataset, self.position, self._iter = dataset, 0, None
+        self._start(0)
+
+    def _start(self, position: int) -> None:
+        self.close()
+        ds = self._dataset[position:].to_iter_dataset(
+            grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        )
+        if self.num_workers > 0:
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
-                    num_workers=num_workers, per_worker_buffer_size=prefetch_buffer_size
+                    num_workers=self.num_workers, per_worker_buffer_size=self._buffer
                 )
             )
-        self._iter = iter(ds)
+        self._iter, self.position = iter(ds), position
 
     def __iter__(self):
         return self
 
     def __next__(self) -> np.ndarray:
-        return next(self._iter)
+        batch = next(self._iter)
+        self.position += 1
+        return batch
 
-    def get_state(self) -> bytes:
-        """JSON bytes: the grain state plus the worker count it belongs to."""
-        return json.dumps(
-            {"num_workers": self.num_workers, "grain": self._iter.get_state()}
-        ).encode()
+    def get_state(self) -> dict:
+        """The position (batches read), as a JSON-able dict."""
+        return {"version": STATE_VERSION, "batches": self.position}
 
-    def set_state(self, state: bytes | str | dict) -> None:
-        if isinstance(state, (bytes, str)):
-            state = json.loads(state)
-        saved = state.get("num_workers")
-        if saved != self.num_workers:
+    def set_state(self, state: dict) -> None:
+        """Continues from a saved position (any worker count, any number of processes)."""
+        if state.get("version") != STATE_VERSION or not isinstance(state.get("batches"), int):
             raise ValueError(
-                f"the saved input-pipeline state comes from a pipeline with {saved} worker "
-                f"processes, this one has {self.num_workers}: grain cannot map one onto the "
-                f"other. Restart with the same number of data workers ({saved})."
+                f"an input-pipeline state this version cannot read ({state!r}): the checkpoint "
+                "comes from an older matpac_jax, whose data position was kept per process"
             )
-        self._iter.set_state(state["grain"])
-
-    def start_prefetch(self) -> None:
-        """Called by grain's Orbax handler after a restore; workers start on the next read."""
-        if hasattr(self._iter, "start_prefetch"):
-            self._iter.start_prefetch()
+        self._start(state["batches"])
 
     def close(self) -> None:
-        if hasattr(self._iter, "close"):
+        if self._iter is not None and hasattr(self._iter, "close"):
             self._iter.close()

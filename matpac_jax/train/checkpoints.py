@@ -2,7 +2,8 @@
 
   WORKDIR/.lock, .lock.owner         one trainer per workdir (`matpac_jax.dirlock.DirLock`)
   WORKDIR/checkpoints/<step>/state/  the train state pytree (`ocp.args.StandardSave`)
-  WORKDIR/checkpoints/<step>/data/   the input iterator's state (`grain.checkpoint.CheckpointSave`)
+  WORKDIR/checkpoints/<step>/data/   the input position, batches read (`ocp.args.JsonSave`, one
+                                     file for every process: any process count resumes it)
   WORKDIR/damaged_checkpoints/       steps that failed to restore, set aside for inspection
   WORKDIR/export/                    the encoder export (`matpac_jax.inference.export`)
 
@@ -25,7 +26,6 @@ import logging
 import time
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -37,19 +37,6 @@ logger = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 CONVERTED_NAME = "converted.json"  # written by `python -m matpac_jax.interop.convert --train_state`
-
-
-class _SavedDataState:
-    """Stands in for the input iterator during a restore: holds the saved bytes, unapplied."""
-
-    raw: bytes | None = None
-
-    def set_state(self, raw: bytes) -> None:
-        json.loads(raw)  # unreadable JSON is damage, found here inside the fallback loop
-        self.raw = raw
-
-    def start_prefetch(self) -> None:
-        pass
 
 
 def _restore_target(abstract_state: Any) -> Any:
@@ -108,7 +95,7 @@ class Checkpointer:
         if force and step in self._manager.all_steps():
             return False  # already saved at this step: nothing newer to write
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iter.get_state())
         )
         return self._manager.save(step, args=args, force=force)
 
@@ -142,21 +129,20 @@ class Checkpointer:
 
         Raises:
           RuntimeError: checkpoints exist but none can be restored.
-          ValueError: from `data_iter.set_state`, e.g. a different data worker count.
+          ValueError: from `data_iter.set_state`: a position this version cannot read.
         """
         self._manager.reload()
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             return None
-        self._check_process_count(steps[0])
+        self._check_data_format(steps[0])
         target = _restore_target(abstract_state)
         failures = []
         for i, step in enumerate(steps):
-            saved_data = _SavedDataState()
             items = {"state": ocp.args.StandardRestore(target)}
             has_data = not self._converted_step(step)
             if has_data:
-                items["data"] = grain.checkpoint.CheckpointRestore(saved_data)
+                items["data"] = ocp.args.JsonRestore()
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # pylint: disable=broad-except
@@ -171,11 +157,10 @@ class Checkpointer:
                 )
                 failures.append((step, reason))
                 continue
-            # Applied outside the fallback: a state the iterator refuses (another worker count)
-            # is a configuration to fix, not damage to skip.
+            # Applied outside the fallback: a state the iterator refuses (an older format) is
+            # a version to fix, not damage to skip.
             if has_data:
-                data_iter.set_state(saved_data.raw)
-                data_iter.start_prefetch()
+                data_iter.set_state(restored["data"])
             else:
                 logger.warning(
                     "checkpoint step %d has no input-pipeline position (a converted checkpoint): "
@@ -204,19 +189,14 @@ class Checkpointer:
         except (ValueError, AttributeError):
             return False
 
-    def _check_process_count(self, step: int) -> None:
-        """Input positions are saved one per process: refuse another process count clearly."""
-        count = jax.process_count()
-        saved = sorted(
-            p.name
-            for p in (epath.Path(self.directory) / str(step) / "data").glob("process_*-of-*.json")
-        )
-        if saved and not any(name.endswith(f"-of-{count}.json") for name in saved):
-            written_by = saved[0].rsplit("-of-", 1)[1].removesuffix(".json")
+    def _check_data_format(self, step: int) -> None:
+        """Before matpac_jax kept one input position for the run, grain saved one per process
+        (`data/process_<p>-of-<n>.json`): such a checkpoint cannot continue this input stream."""
+        if any((epath.Path(self.directory) / str(step) / "data").glob("process_*-of-*.json")):
             raise ValueError(
-                f"checkpoint step {step} in {self.directory} was written by {written_by} "
-                f"processes, this run has {count}: the input pipeline's position is saved per "
-                f"process and cannot be split or merged. Resume with {written_by} processes."
+                f"checkpoint step {step} in {self.directory} was written by an older matpac_jax "
+                "(one input position per process, another data order): continue it with that "
+                "version, or start a new run with another --workdir"
             )
 
     def _set_aside(self, steps: list[int]) -> None:

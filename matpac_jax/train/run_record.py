@@ -22,10 +22,10 @@ from matpac_jax.audio import shards
 NAME = "run.json"
 
 # What a checkpoint fixes: the model's shapes and initialisation (model.*), the token grid
-# (data.crop_frames, data.num_mels), the random streams of crops and masks (seed), and the
-# input position (data.num_workers: grain restores it only onto as many workers). How the same
-# model is computed may change within a run: COMPUTE_KEYS.
-FIXED_PREFIXES = ("model.", "seed", "data.crop_frames", "data.num_mels", "data.num_workers")
+# (data.crop_frames, data.num_mels) and the random streams of data, crops and masks (seed). The
+# input position is batches read: any worker or process count continues it. How the same model
+# is computed may change within a run: COMPUTE_KEYS.
+FIXED_PREFIXES = ("model.", "seed", "data.crop_frames", "data.num_mels")
 COMPUTE_KEYS = ("model.compute_dtype", "model.remat")
 
 

@@ -99,6 +99,25 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_FSDP_SIZE):
     )
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """(start, stop): the rows of a global batch that this process's devices hold.
+
+    `global_batch` places a process's rows in this order, so a process that loads exactly these
+    rows of every global batch makes the same global array on any number of processes.
+    """
+    spans = sorted(
+        (index[0].indices(batch_size)[:2])
+        for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+    )
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(
+            f"this process's devices hold rows {spans} of the batch, not one contiguous block: "
+            "order the mesh's devices process by process"
+        )
+    return start, stop
+
+
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """A global jax.Array from this process's slice of the batch (global = sum of slices)."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)

@@ -287,25 +287,6 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
         if process == 0:
             for change in changed:
                 logging.warning(run_record.describe(change))
-    if config.batch_size % num_processes:
-        raise cli.UserError(
-            f"batch_size {config.batch_size} is not divisible by the {num_processes} processes"
-        )
-    dataset = input_pipeline.pretraining_dataset(
-        data_dir,
-        batch_size=config.batch_size // num_processes,
-        crop_frames=config.data.crop_frames,
-        seed=config.seed,
-        mean=config.data.mean,
-        std=config.data.std,
-        process_index=process,
-        process_count=num_processes,
-    )
-    data_iter = input_pipeline.InputIterator(dataset, config.data.num_workers)
-    sched, sched_info = run_schedules(config, index["num_records"])
-    total_steps = sched_info["total_steps"]
-    logging.info("data: %s (%d records); schedule: %s", data_dir, index["num_records"], sched_info)
-
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(config.mesh)
     if config.batch_size % mesh.size:
@@ -313,12 +294,28 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
             f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
             "devices of the mesh"
         )
+    rows = sharding.process_rows(mesh, config.batch_size)
     logging.info(
-        "mesh %s over %d processes (%d devices each)",
+        "mesh %s over %d processes (%d devices each); this process loads rows [%d, %d)",
         dict(mesh.shape),
         num_processes,
         jax.local_device_count(),
+        *rows,
     )
+    # The global batches are a function of (seed, step) alone; this process loads its rows.
+    dataset = input_pipeline.pretraining_dataset(
+        data_dir,
+        batch_size=config.batch_size,
+        crop_frames=config.data.crop_frames,
+        seed=config.seed,
+        mean=config.data.mean,
+        std=config.data.std,
+        rows=rows,
+    )
+    data_iter = input_pipeline.InputIterator(dataset, config.data.num_workers)
+    sched, sched_info = run_schedules(config, index["num_records"])
+    total_steps = sched_info["total_steps"]
+    logging.info("data: %s (%d records); schedule: %s", data_dir, index["num_records"], sched_info)
 
     # ---------------------------------------------------------------- model and state
     model_cfg = model_config(config, index)
