@@ -67,9 +67,12 @@ class Predictor(nnx.Module):
         h = self.embed(z_v).astype(jnp.float32)  # (B, 1 + Nv, Dp)
         b, _, width = h.shape
         full = jnp.broadcast_to(self.mask_token[...].astype(h.dtype), (b, grid_f * grid_t, width))
-        rows = jnp.arange(b)[:, None]
-        # Visible rows go back to their grid slots; every other slot keeps the mask token.
-        full = full.at[rows, visible_idx].set(h[:, 1:], unique_indices=True)
+        # Visible rows go back to their grid slots; every other slot keeps the mask token. One
+        # scatter per example (vmap): the compiler splits it by examples like the batch; an
+        # explicit example index would make it gather the whole batch's rows onto every device.
+        full = jax.vmap(lambda f, i, u: f.at[i].set(u, unique_indices=True))(
+            full, visible_idx, h[:, 1:]
+        )
         x = jnp.concatenate([h[:, :1], full], axis=1) + posemb_sincos_2d(grid_f, grid_t, width)
         x, _ = self.body(x)
         return gather_tokens(x[:, 1:], masked_idx), {"grid_tokens": x}
