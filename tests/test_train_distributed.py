@@ -66,7 +66,7 @@ def _finished_steps(workdir):
     )
 
 
-def _one_process(workdir, data_dir, devices, mesh, **kw):
+def _one_process(workdir, data_dir, devices, mesh):
     cmd = [sys.executable, "-m", "matpac_jax.train", *_train_args(workdir, data_dir, mesh)]
     return subprocess.Popen(
         cmd,
@@ -75,15 +75,22 @@ def _one_process(workdir, data_dir, devices, mesh, **kw):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        **kw,
     )
+
+
+def _run_one_process(workdir, data_dir, devices, mesh):
+    """Runs a one-process trainer to its end; returns its output (stdout and stderr)."""
+    proc = _one_process(workdir, data_dir, devices, mesh)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     """One process, one device: the losses every layout must reproduce."""
     workdir = str(tmp_path_factory.mktemp("one_process"))
-    out, _ = _one_process(workdir, data_dir, 1, "1,1").communicate(timeout=600)
+    out = _run_one_process(workdir, data_dir, 1, "1,1")
     assert "resumed" not in out
     return logged_losses(workdir)
 
@@ -97,7 +104,7 @@ def _assert_same_losses(losses, reference, stopped=None):
 
 
 def test_one_process_on_eight_devices_matches_one_device(tmp_path, reference, data_dir):
-    out, _ = _one_process(str(tmp_path), data_dir, 8, "2,4").communicate(timeout=600)
+    out = _run_one_process(str(tmp_path), data_dir, 8, "2,4")
     assert "rows [0, 8)" in out, out[-3000:]
     _assert_same_losses(logged_losses(str(tmp_path)), reference)
 
@@ -199,7 +206,7 @@ def test_launcher_resumes_stops_on_sigterm_and_matches_one_process(killed_run, r
     assert _p0_says(out, f"saving step {stopped} and exiting"), out[-3000:]
 
     # Stopped on 2 processes, finished on 1 (one device, another mesh).
-    out, _ = _one_process(workdir, data_dir, 1, "1,1").communicate(timeout=600)
+    out = _run_one_process(workdir, data_dir, 1, "1,1")
     assert f"resumed from step {stopped}" in out, out[-3000:]
     _assert_same_losses(logged_losses(workdir), reference, stopped)
 

@@ -64,7 +64,7 @@ class GlobalRows(grain.MapDataset):
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            if len(self._orders) >= 2:  # a batch spans at most two epochs
+            if len(self._orders) >= 2:  # a batch of at most N examples spans <= 2 epochs
                 self._orders.pop(min(self._orders))
             self._orders[epoch] = epoch_order(self._seed, epoch, self._n)
         return self._orders[epoch]
