@@ -11,8 +11,9 @@ batch; `--mesh data,fsdp` lays it over that many devices (faked on a CPU host: t
 program and its per-device memory are those of the real mesh). Prints
 one JSON object: FLOPs per step and per example (XLA's cost analysis of the whole step:
 student and predictor forward and backward, teacher forward, optimiser, EMA), the analytic
-figure of docs/method.md, section 9 for comparison, bytes accessed, and XLA's memory analysis per
-device (arguments = state + batch, temporaries = activations).
+figure of docs/method.md, section 9 for comparison, bytes accessed, XLA's memory analysis per
+device (arguments = state + batch, temporaries = activations), and the bytes of the step's
+collectives per device by kind (`collectives_per_device`; docs/launching.md).
 """
 
 from __future__ import annotations
