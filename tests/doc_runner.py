@@ -34,7 +34,7 @@ The rules:
       --config.data.num_workers=0` appended (absl applies repeated overrides in order: the
       last wins);
     * counts, batch sizes, timing windows and worker counts get ceilings: demo_corpus
-      `--num_pretrain 8 --num_labelled 72 --num_workers 0`; preprocess `--num_workers 0`;
+      `--num_pretrain 8 --num_labelled 72 --num_tagging 8 --num_workers 0`; preprocess `--num_workers 0`;
       bench_input `--batch_size 4 --seconds 0.5 --workers 0 --preprocess_files 2
       --preprocess_workers 0`; bench_step `--batch_size 4 --seconds 0.2 --matmul_n 256`; cost
       `--batch_size 8`; probe `--seeds 1`. A flag the command leaves out is added with that
@@ -274,7 +274,7 @@ def demo_cache(sandbox: Path, assets: Assets) -> None:
     shutil.copytree(assets.mels, cache / "mels", ignore=shutil.ignore_patterns(".lock*"))
     defaults = inspect.signature(demo_corpus.generate).parameters
     manifest = json.loads((cache / "audio" / "manifest.json").read_text())
-    for key in ("num_pretrain", "num_labelled"):
+    for key in ("num_pretrain", "num_labelled", "num_tagging"):
         manifest["params"][key] = defaults[key].default
     (cache / "audio" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -117,12 +117,12 @@ def test_resume_after_interruption(mixed_folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real_write, calls = preprocess.write_shard, []
 
-    def dying_write(output_dir, name, results):
+    def dying_write(output_dir, name, results, labels=None):
         if len(calls) == 3:  # leave a half-written shard behind, as a killed run would
             open(os.path.join(output_dir, name + ".array_record.tmp-999"), "wb").write(b"x")
             raise KeyboardInterrupt
         calls.append(name)
-        return real_write(output_dir, name, results)
+        return real_write(output_dir, name, results, labels)
 
     monkeypatch.setattr(preprocess, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):

@@ -81,6 +81,7 @@ def test_demo_corpus_then_prepare_with_relative_paths(work):
         work,
         "data.demo_corpus",
         *("--out", "corpus", "--num_pretrain", "1", "--num_labelled", "72", "--format", "wav"),
+        *("--num_tagging", "8"),
     )
     assert code == 0, err
     manifest = strict_json(work / "corpus" / "manifest.json")

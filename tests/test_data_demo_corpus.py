@@ -190,6 +190,7 @@ def test_manifest_matches_file_and_parameters(corpus):
         "seed": 0,
         "num_pretrain": NUM_PRETRAIN,
         "num_labelled": NUM_LABELLED,
+        "num_tagging": 0,
         "format": "flac",
     }
     assert manifest["sample_rate"] == 16000
@@ -200,6 +201,7 @@ def test_manifest_matches_file_and_parameters(corpus):
 
 def test_cli_is_idempotent_and_force_regenerates(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--num_pretrain", "1", "--num_labelled", str(NUM_LABELLED)]
+    argv += ["--num_tagging", str(dc.MIN_TAGGING)]
     clip, manifest = tmp_path / "pretrain/00000.flac", tmp_path / "manifest.json"
     dc.main(argv)
     assert "written to" in capsys.readouterr().out

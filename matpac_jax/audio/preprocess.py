@@ -1,7 +1,8 @@
 r"""Audio folder -> float16 log-mel ArrayRecord shards, an index and a per-file report.
 
   python -m matpac_jax.audio.preprocess --input_dir DIR --output_dir OUT [--num_workers N] \
-      [--min_frames 608] [--records_per_shard 1024] [--overwrite]
+      [--min_frames 608] [--records_per_shard 1024] [--overwrite] \
+      [--labels LABELS.csv [--classes audioset]]
 
 Every audio file under DIR (recursively; the extensions the installed libsndfile reads) is
 decoded, made mono, resampled to 16 kHz and turned into a log-mel (`matpac_jax.audio.frontend`). Files
@@ -9,7 +10,9 @@ are assigned to shards in sorted order, `records_per_shard` inputs a shard, so a
 same OUT resumes: a shard whose sidecar `.json` exists is done and is not written again; an
 unfinished shard (temporary name) is redone from scratch. Nothing a reader sees is ever half
 written: shards, sidecars, `index.json` and `report.json` are written under a temporary name and
-renamed. A bad file never stops the run: it is listed in `report.json` with `status: skipped`
+renamed. With `--labels` (a `path,labels` CSV, `matpac_jax/labels.py`) only the files the CSV
+lists are read, and each record keeps the indices of its labels (`labels` in the shard entries
+of `index.json`, the class list in `classes`): the input of multi-label fine-tuning. A bad file never stops the run: it is listed in `report.json` with `status: skipped`
 and its `reason`, and never reaches a shard.
 
 Relative paths are resolved against the current directory. At the end every run prints how many
@@ -36,6 +39,7 @@ import time
 import numpy as np
 
 from matpac_jax import cli
+from matpac_jax import labels as labels_lib
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
 from matpac_jax.dirlock import DirLock
@@ -180,8 +184,12 @@ def _shard_name(i: int, n: int) -> str:
     return os.path.join(SHARD_DIR, f"mels-{i:05d}-of-{n:05d}")
 
 
-def write_shard(output_dir: str, name: str, results: list[dict]) -> dict:
-    """Writes one shard's records and its sidecar (the shard's done-marker), both atomically."""
+def write_shard(
+    output_dir: str, name: str, results: list[dict], labels: dict[str, list[int]] | None = None
+) -> dict:
+    """Writes one shard's records and its sidecar (the shard's done-marker), both atomically.
+
+    `labels` (relative path -> class indices) adds each record's labels to the sidecar."""
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
     ok = [r for r in results if r["status"] == "ok"]
@@ -199,6 +207,7 @@ def write_shard(output_dir: str, name: str, results: list[dict]) -> dict:
         "num_records": len(ok),
         "frames": [r["frames"] for r in ok],
         "sources": [r["path"] for r in ok],
+        **({"labels": [labels[r["path"]] for r in ok]} if labels is not None else {}),
         "sum": float(sum(r["sum"] for r in ok)),
         "sum_sq": float(sum(r["sum_sq"] for r in ok)),
         "report": [
@@ -256,6 +265,8 @@ def preprocess(
     front_end: audio.FrontEnd = audio.FrontEnd(),
     overwrite: bool = False,
     progress: bool = True,
+    labels_csv: str | None = None,
+    classes: str | None = None,
 ) -> dict:
     """Runs (or resumes) preprocessing; returns the index written to `output_dir/index.json`.
 
@@ -269,12 +280,18 @@ def preprocess(
     input_dir = cli.input_dir(input_dir, "--input_dir")
     output_dir = cli.output_dir(output_dir, "--output_dir")
     inputs = list_inputs(input_dir)
+    label_plan, labels = {}, None
+    if labels_csv is not None:
+        inputs, labels, label_plan = _labelled_inputs(inputs, input_dir, labels_csv, classes)
+    elif classes is not None:
+        raise cli.UserError("--classes names the class list of --labels: give --labels too")
     plan = {
         "inputs_sha1": hashlib.sha1("\n".join(inputs).encode()).hexdigest(),
         "num_inputs": len(inputs),
         "records_per_shard": records_per_shard,
         "min_frames": min_frames,
         "front_end": front_end.to_dict(),
+        **label_plan,
     }
     with contextlib.ExitStack() as lock:
         _start(lock, output_dir, plan, overwrite)
@@ -296,7 +313,7 @@ def preprocess(
             enabled=progress,
         )
         start = time.perf_counter()
-        seconds = _run(work, todo, pending, names, output_dir, num_workers, bar)
+        seconds = _run(work, todo, pending, names, output_dir, num_workers, bar, labels)
         bar.close()
         elapsed = time.perf_counter() - start
         index = _finalize(output_dir, names, plan, input_dir=input_dir)
@@ -310,7 +327,35 @@ def preprocess(
     return index
 
 
-def _run(work, todo, pending, names, output_dir, num_workers, bar) -> float:
+def _labelled_inputs(inputs, input_dir, labels_csv, classes):
+    """The inputs a labels CSV lists, {path: class indices} and the plan's label entries.
+
+    Raises:
+      cli.UserError: the CSV lists a file that is not an audio file under `input_dir`.
+    """
+    table = labels_lib.read_labels_csv(labels_csv)
+    missing = sorted(set(table) - set(inputs))
+    if missing:
+        raise cli.UserError(
+            f"--labels {labels_csv}: {len(missing)} of its {len(table)} paths are not audio "
+            f"files under --input_dir {input_dir}, e.g. {missing[:3]} (paths are relative to "
+            "--input_dir)"
+        )
+    ids, names = labels_lib.class_list(table, classes)
+    position = {c: i for i, c in enumerate(ids)}
+    labels = {path: sorted(position[x] for x in set(row)) for path, row in table.items()}
+    left_out = len(inputs) - len(table)
+    if left_out:
+        print(
+            f"--labels: {left_out} audio files under --input_dir are not in {labels_csv}: left out",
+            file=sys.stderr,
+        )
+    digest = hashlib.sha1(json.dumps(sorted(labels.items())).encode()).hexdigest()
+    plan = {"labels_sha1": digest, "classes": {"ids": ids, "names": names}}
+    return [p for p in inputs if p in table], labels, plan
+
+
+def _run(work, todo, pending, names, output_dir, num_workers, bar, labels=None) -> float:
     """Decodes `work` (in `num_workers` processes) and writes the shards `todo`; returns the
     seconds of audio that became records."""
     fe = work[0][0].front_end if work else audio.FrontEnd()
@@ -334,7 +379,7 @@ def _run(work, todo, pending, names, output_dir, num_workers, bar) -> float:
                 seconds += r["frames"] * fe.hop_length / fe.sample_rate
                 bar.update(1)
                 bar.set_postfix(skipped=int(skipped), refresh=False)
-            write_shard(output_dir, names[shard_id], batch)
+            write_shard(output_dir, names[shard_id], batch, labels)
     return seconds
 
 
@@ -369,6 +414,8 @@ def _finalize(output_dir: str, names: list[str], plan: dict, input_dir: str | No
         "std": std,
         "shards": sidecars,
     }
+    if "classes" in plan:  # --labels: each shard entry holds its records' label indices
+        index["classes"] = plan["classes"]
     shards.write_json_atomic(
         os.path.join(output_dir, shards.REPORT_NAME),
         {"num_inputs": len(report), "num_ok": ok, "num_skipped": len(report) - ok, "files": report},
@@ -395,6 +442,17 @@ def _parser() -> cli.ArgumentParser:
     )
     p.add_argument("--records_per_shard", type=cli.int_at_least(1), default=1024)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT")
+    p.add_argument(
+        "--labels",
+        help="a path,labels CSV (labels separated by ';', paths relative to --input_dir): read "
+        "only its files and keep their labels",
+    )
+    p.add_argument(
+        "--classes",
+        choices=(labels_lib.AUDIOSET,),
+        help="the class list of --labels (default: its sorted label names); audioset: the 527 "
+        "AudioSet class ids (mids) in the reference's order",
+    )
     return p
 
 
@@ -410,6 +468,8 @@ def _main(argv) -> int:
         min_frames=args.min_frames,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,
+        labels_csv=args.labels,
+        classes=args.classes,
     )
     with open(os.path.join(output_dir, shards.REPORT_NAME)) as f:
         report = json.load(f)["files"]

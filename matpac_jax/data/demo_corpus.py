@@ -1,7 +1,7 @@
 """Built-in procedural demo corpus: seeded synthetic audio for pretraining and linear probes.
 
 Usage: ``python -m matpac_jax.data.demo_corpus --out DIR [--num_pretrain 1000]
-[--num_labelled 1500] [--seed 0] [--format flac|wav] [--num_workers 0] [--force]``
+[--num_labelled 1500] [--num_tagging 600] [--seed 0] [--format flac|wav] [--num_workers 0] [--force]``
 (relative paths are resolved against the current directory; a bad flag or an --out that cannot
 be written prints one ``error:`` line and exits 2, leaving no new folder behind)
 
@@ -9,6 +9,8 @@ Output layout (paths in CSVs are relative to DIR; audio is 16 kHz mono PCM_16)::
 
     DIR/pretrain/00000.flac ...   mixtures, 97,600 samples (6.10 s) each
     DIR/labelled/00000.flac ...   one event each, 48,000 samples (3.0 s)
+    DIR/tagging/{train,eval}/00000.flac ...   mixtures as pretrain/, labelled by their events
+    DIR/tagging/{train,eval}.csv  path,labels  (`;`-separated; paths relative to the split folder)
     DIR/pretrain.csv              path,duration_s,num_events,level_db,snr_db
     DIR/labelled.csv              path,split,event,timbre,pitch,param,value  (source parameters)
     DIR/tasks/{timbre,pitch,event}.csv   path,label,split
@@ -19,6 +21,12 @@ Pretraining clips are 6.10 s, not 6.08 s: 400-sample windows at a 160-sample hop
 (6.08 s = 97,280 samples gives 606). Each mixes 2-6 events (harmonic notes, coloured-noise
 bursts, chirps, percussive hits) at random times and gains over a coloured noise floor at a
 random SNR, from the full parameter ranges (pretraining is unlabelled: no split applies).
+
+Tagging clips are more such mixtures (their own random streams), each labelled with the classes
+of the events it holds (multi-label, 9 classes): the timbre of each harmonic note
+(`note:string` ... `note:bell`), `noise_burst`, `chirp`, `percussive_hit`. The first 3/4 are
+the train split, the rest eval: the demo's stand-in for AudioSet fine-tuning
+(`configs/finetune_audioset.py:runlocal`).
 
 Labelled clips follow a fixed schedule (``labelled_schedule``): ~70/15/15 train/valid/test,
 and within a split the event pattern note, noise, note, chirp, note, hit repeats while the
@@ -53,7 +61,7 @@ import soundfile as sf
 
 from matpac_jax import cli
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: tagging mixtures (the other clips are unchanged)
 SAMPLE_RATE = 16000
 PRETRAIN_SAMPLES = 97_600  # 6.10 s -> 608 frames of 400/160 (see module docstring)
 LABELLED_SAMPLES = 48_000  # 3.0 s
@@ -63,6 +71,9 @@ TIMBRES = ("string", "clarinet", "flute", "brass", "organ", "bell")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 EVENT_TYPES = ("harmonic_note", "noise_burst", "chirp", "percussive_hit")
 SPLITS = ("train", "valid", "test")
+TAGGING_SPLITS = ("train", "eval")
+TAGGING_CLASSES = tuple(f"note:{t}" for t in TIMBRES) + EVENT_TYPES[1:]
+MIN_TAGGING = 8  # 6 train + 2 eval clips
 
 _NYQUIST_GUARD = 0.45 * SAMPLE_RATE  # keep partials clear of Nyquist to avoid aliasing
 _TABLE = 2048  # wavetable length for harmonic notes
@@ -259,7 +270,8 @@ def _random_event(rng, event, split=None, family=None, pitch_class=None):
     """Synthesise one event, faded out; split/family/pitch_class pin labelled parameters.
 
     Returns:
-        (waveform, value of the split parameter), e.g. the MIDI note of a harmonic note.
+        (waveform, value of the split parameter, its class): the value is e.g. the MIDI note of
+        a harmonic note, the class `note:TIMBRE` for a note, else the event type.
     """
     max_dur = 2.5 if split else 3.0  # labelled events must fit their 3 s clip
     if event == "harmonic_note":
@@ -267,7 +279,8 @@ def _random_event(rng, event, split=None, family=None, pitch_class=None):
         midi = int(
             12 * (rng.choice(_OCTAVES[split]) + 1) + pitch_class if split else rng.integers(36, 96)
         )
-        return _fade_out(_harmonic_note(rng, family, midi, rng.uniform(0.3, max_dur))), midi
+        wave = _harmonic_note(rng, family, midi, rng.uniform(0.3, max_dur))
+        return _fade_out(wave), midi, f"note:{family}"
     value = float(_sample_param(rng, event, split))
     if event == "noise_burst":
         wave = _noise_burst(rng, value, rng.uniform(0.15, max_dur - 0.5))
@@ -275,7 +288,7 @@ def _random_event(rng, event, split=None, family=None, pitch_class=None):
         wave = _chirp(rng, value, rng.uniform(0.25, max_dur - 0.5))
     else:
         wave = _percussive_hit(rng, value)
-    return _fade_out(wave), value
+    return _fade_out(wave), value, event
 
 
 def _background(rng, n, level_db):
@@ -289,15 +302,20 @@ def _peak_limit(x, peak=0.9):
     return x * (peak / top) if top > peak else x
 
 
-def _pretrain_clip(seed, index):
-    """Mixture clip: 2-6 events at random times and gains over a noise floor."""
-    rng = np.random.default_rng([seed, 0, index])
+def _mixture(rng):
+    """Mixture clip: 2-6 events at random times and gains over a noise floor.
+
+    Returns:
+        (audio, pretrain.csv row, the classes of its events)
+    """
     level_db, snr_db = rng.uniform(-32.0, -12.0), rng.uniform(5.0, 40.0)
     audio = _background(rng, PRETRAIN_SAMPLES, level_db - snr_db)
     num_events = int(rng.integers(2, 7))
+    classes = set()
     for _ in range(num_events):
         event = EVENT_TYPES[rng.choice(len(EVENT_TYPES), p=_PRETRAIN_EVENT_PROBS)]
-        wave = _random_event(rng, event)[0]
+        wave, _, name = _random_event(rng, event)
+        classes.add(name)
         start = rng.integers(0, PRETRAIN_SAMPLES - len(wave) + 1)
         gain = 10.0 ** ((level_db + rng.uniform(-12.0, 0.0)) / 20)  # per-event loudness
         audio[start : start + len(wave)] += _unit_rms(wave) * gain
@@ -307,14 +325,29 @@ def _pretrain_clip(seed, index):
         "level_db": round(level_db, 3),
         "snr_db": round(snr_db, 3),
     }
-    return _peak_limit(audio), row
+    return _peak_limit(audio), row, sorted(classes)
+
+
+def _pretrain_clip(seed, index):
+    audio, row, _ = _mixture(np.random.default_rng([seed, 0, index]))
+    return audio, row
+
+
+def _tagging_clip(seed, index):
+    audio, _, classes = _mixture(np.random.default_rng([seed, 2, index]))
+    return audio, {"labels": ";".join(classes)}
+
+
+def tagging_split(index, num_tagging):
+    """ "train" for the first 3/4 of the tagging clips, "eval" for the rest."""
+    return "train" if index < num_tagging - max(2, num_tagging // 4) else "eval"
 
 
 def _labelled_clip(seed, index, slot):
     """Single-event clip for one schedule slot, over a light noise floor."""
     rng = np.random.default_rng([seed, 1, index])
     split, event, family, pitch_class, _ = slot
-    wave, value = _random_event(rng, event, split, family, pitch_class)
+    wave, value, _ = _random_event(rng, event, split, family, pitch_class)
     level_db = rng.uniform(-30.0, -12.0)
     audio = _background(rng, LABELLED_SAMPLES, level_db - rng.uniform(25.0, 40.0))
     start = rng.integers(SAMPLE_RATE // 20, LABELLED_SAMPLES - len(wave) + 1)
@@ -361,9 +394,11 @@ def _build(job):
     out_dir, kind, seed, index, slot, fmt = job
     if kind == "pretrain":
         audio, row = _pretrain_clip(seed, index)
+    elif kind == "tagging":
+        audio, row = _tagging_clip(seed, index)
     else:
         audio, row = _labelled_clip(seed, index, slot)
-    rel = f"{kind}/{index:05d}.{fmt}"
+    rel = f"{kind}/{slot}/{index:05d}.{fmt}" if kind == "tagging" else f"{kind}/{index:05d}.{fmt}"
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)  # float64 -> PCM_16
     sf.write(os.path.join(out_dir, rel), pcm, SAMPLE_RATE, subtype="PCM_16", format=fmt.upper())
     return {"path": rel, **row}
@@ -377,8 +412,17 @@ def _write_csv(path, fields, rows):
         writer.writerows(rows)
 
 
-def _write_tables(out, pretrain_rows, labelled_rows, schedule):
-    """Write pretrain.csv, labelled.csv and the per-task CSVs; return per-task split counts."""
+def _write_tables(out, pretrain_rows, labelled_rows, schedule, tagging_rows=()):
+    """Write pretrain.csv, labelled.csv, the per-task CSVs and the tagging labels CSVs; return
+    per-task split counts."""
+    for split in TAGGING_SPLITS:
+        prefix = f"tagging/{split}/"
+        rows = [
+            {**r, "path": r["path"][len(prefix) :]}
+            for r in tagging_rows
+            if r["path"].startswith(prefix)
+        ]
+        _write_csv(out / "tagging" / f"{split}.csv", ["path", "labels"], rows)
     _write_csv(
         out / "pretrain.csv",
         ["path", "duration_s", "num_events", "level_db", "snr_db"],
@@ -418,6 +462,12 @@ def _manifest(params, task_counts):
         for task, names in classes.items()
     }
     manifest["split_rules"] = {event: split_intervals(event) for event in EVENT_TYPES}
+    manifest["tagging"] = {
+        "count": params["num_tagging"],
+        "clip_samples": PRETRAIN_SAMPLES,
+        "classes": list(TAGGING_CLASSES),
+        "csv": {split: f"tagging/{split}.csv" for split in TAGGING_SPLITS},
+    }
     return manifest
 
 
@@ -430,7 +480,14 @@ def _run_jobs(jobs, num_workers):
 
 
 def generate(
-    out_dir, num_pretrain=1000, num_labelled=1500, seed=0, fmt="flac", num_workers=0, force=False
+    out_dir,
+    num_pretrain=1000,
+    num_labelled=1500,
+    seed=0,
+    fmt="flac",
+    num_workers=0,
+    force=False,
+    num_tagging=0,
 ):
     """Write the demo corpus into ``out_dir`` (skipped if an identical one is already there).
 
@@ -441,18 +498,22 @@ def generate(
         num_workers: worker processes for synthesis/encoding; 0 runs in-process. Output is
             byte-identical for any value.
         force: regenerate even if ``manifest.json`` matches these parameters.
+        num_tagging: multi-label mixtures (0, or at least MIN_TAGGING).
 
     Returns:
         The manifest dict (also saved as ``out_dir/manifest.json``).
     """
     if fmt not in ("flac", "wav"):
         raise ValueError(f"fmt must be 'flac' or 'wav', got {fmt!r}")
+    if 0 < num_tagging < MIN_TAGGING:
+        raise ValueError(f"num_tagging must be 0 or >= {MIN_TAGGING}, got {num_tagging}")
     out = Path(out_dir)
     params = {
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "num_pretrain": num_pretrain,
         "num_labelled": num_labelled,
+        "num_tagging": num_tagging,
         "format": fmt,
     }
     manifest_path = out / "manifest.json"
@@ -465,19 +526,27 @@ def generate(
     start = time.perf_counter()
     # Drop the manifest first so an interrupted regeneration never looks complete.
     manifest_path.unlink(missing_ok=True)
-    for sub in ("pretrain", "labelled", "tasks"):
+    for sub in ("pretrain", "labelled", "tasks", "tagging/train", "tagging/eval"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
     jobs = [(str(out), "pretrain", seed, i, None, fmt) for i in range(num_pretrain)]
     jobs += [(str(out), "labelled", seed, i, slot, fmt) for i, slot in enumerate(schedule)]
+    jobs += [
+        (str(out), "tagging", seed, i, tagging_split(i, num_tagging), fmt)
+        for i in range(num_tagging)
+    ]
     rows = _run_jobs(jobs, num_workers)
-    task_counts = _write_tables(out, rows[:num_pretrain], rows[num_pretrain:], schedule)
+    num_first = num_pretrain + num_labelled
+    task_counts = _write_tables(
+        out, rows[:num_pretrain], rows[num_pretrain:num_first], schedule, rows[num_first:]
+    )
     manifest = _manifest(params, task_counts)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, manifest_path)  # written last: its presence marks a complete corpus
     print(
-        f"demo corpus: {num_pretrain} pretrain + {num_labelled} labelled clips "
+        f"demo corpus: {num_pretrain} pretrain + {num_labelled} labelled + {num_tagging} "
+        "tagging clips "
         f"({fmt}, seed {seed}) written to {out} in {time.perf_counter() - start:.1f} s"
     )
     return manifest
@@ -499,6 +568,12 @@ def _main(argv) -> int:
         default=1500,
         help=f"at least {MIN_LABELLED}: 3 splits x 24 clips cover every class",
     )
+    parser.add_argument(
+        "--num_tagging",
+        type=cli.int_at_least(0),
+        default=600,
+        help=f"multi-label mixtures for fine-tuning (0, or at least {MIN_TAGGING})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("flac", "wav"), default="flac")
     parser.add_argument(
@@ -506,6 +581,8 @@ def _main(argv) -> int:
     )
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
+    if 0 < args.num_tagging < MIN_TAGGING:
+        raise cli.UserError(f"--num_tagging {args.num_tagging}: 0, or at least {MIN_TAGGING}")
     out = cli.output_dir(args.out, "--out")  # absolute: the CSVs and workers see one path
     with cli.removed_on_failure(out):  # an interrupted first run leaves no half corpus folder
         cli.make_dir(out, "--out")
@@ -517,6 +594,7 @@ def _main(argv) -> int:
             args.format,
             args.num_workers,
             args.force,
+            args.num_tagging,
         )
     return 0
 

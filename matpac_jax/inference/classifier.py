@@ -11,11 +11,7 @@ An export may carry one head (`python -m matpac_jax.interop.convert from-torch .
 The reference turns both into probabilities with a softmax, AudioSet's multi-label classes too;
 `activation="sigmoid"` gives independent per-class probabilities instead.
 
-AudioSet class names: `matpac_jax/assets/audioset_class_labels_indices.csv` (index, mid, display_name), the
-AudioSet ontology's label list (Google, CC BY 4.0), as shipped in the PyPI package whisper-at 0.5
-(BSD-2-Clause, `whisper_at/assets/class_labels_indices.csv`), byte for byte the reference's
-`class_mappings/audioset_mapping.csv`. The reference numbers its head's classes in the order of
-that file sorted by `mid`, not by `index`: `audioset_labels` does the same.
+AudioSet class names and their order: `matpac_jax/labels.py`.
 """
 
 from __future__ import annotations
@@ -23,25 +19,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 from matpac_jax import cli
+from matpac_jax import labels as labels_lib
 
-AUDIOSET_CSV = os.path.join(  # matpac_jax/assets/
-    os.path.dirname(os.path.dirname(__file__)), "assets", "audioset_class_labels_indices.csv"
-)
 ACTIVATIONS = ("softmax", "sigmoid")
 BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm1d's default
 
 
-def audioset_labels(path: str = AUDIOSET_CSV) -> list[str]:
+def audioset_labels() -> list[str]:
     """The 527 AudioSet display names in the reference head's class order (sorted by `mid`)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [row["display_name"] for row in sorted(rows, key=lambda row: row["mid"])]
+    return [row["display_name"] for row in labels_lib.audioset_classes()]
 
 
 def read_labels(path: str) -> list[str]:

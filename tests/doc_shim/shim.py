@@ -26,7 +26,12 @@ TRAIN_TINY = (
 # Per module: flag -> its tiny value. A number is a ceiling (a smaller value stays); a string
 # replaces the value. A flag the command leaves out is added, so its large default is not used.
 CAPS = {
-    "matpac_jax.data.demo_corpus": {"--num_pretrain": 8, "--num_labelled": 72, "--num_workers": 0},
+    "matpac_jax.data.demo_corpus": {
+        "--num_pretrain": 8,
+        "--num_labelled": 72,
+        "--num_tagging": 8,
+        "--num_workers": 0,
+    },
     "matpac_jax.audio.preprocess": {"--num_workers": 0},
     "matpac_jax.tools.bench_input": {
         "--batch_size": 4,
