@@ -26,8 +26,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 flags.FLAGS.mark_as_parsed()
 
 
-def write_mel_dataset(out_dir, mels, records_per_shard=4):
-    """Writes log-mels straight into a shard directory (index included), skipping the audio."""
+def write_mel_dataset(out_dir, mels, records_per_shard=4, labels=None, classes=None):
+    """Writes log-mels straight into a shard directory (index included), skipping the audio.
+
+    `labels` (a list of class-index lists, one per record) and `classes` (their names) make a
+    labelled index, as `preprocess --labels` writes one."""
     from matpac_jax.audio import frontend as audio  # pylint: disable=g-import-not-at-top
     from matpac_jax.audio import preprocess
 
@@ -48,8 +51,11 @@ def write_mel_dataset(out_dir, mels, records_per_shard=4):
             }
             for j, m in enumerate(chunk)
         ]
-        preprocess.write_shard(out_dir, name, results)
+        by_path = None if labels is None else {f"rec{k}.wav": row for k, row in enumerate(labels)}
+        preprocess.write_shard(out_dir, name, results, by_path)
     plan = {"front_end": audio.FrontEnd().to_dict(), "min_frames": 0}
+    if labels is not None:
+        plan["classes"] = {"ids": list(classes), "names": list(classes)}
     return preprocess._finalize(out_dir, names, plan)  # pylint: disable=protected-access
 
 

@@ -274,8 +274,9 @@ def demo_cache(sandbox: Path, assets: Assets) -> None:
     shutil.copytree(assets.mels, cache / "mels", ignore=shutil.ignore_patterns(".lock*"))
     defaults = inspect.signature(demo_corpus.generate).parameters
     manifest = json.loads((cache / "audio" / "manifest.json").read_text())
-    for key in ("num_pretrain", "num_labelled", "num_tagging"):
+    for key in ("num_pretrain", "num_labelled"):
         manifest["params"][key] = defaults[key].default
+    manifest["params"]["num_tagging"] = demo_corpus.DEFAULT_TAGGING
     (cache / "audio" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

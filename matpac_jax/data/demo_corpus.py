@@ -74,6 +74,7 @@ SPLITS = ("train", "valid", "test")
 TAGGING_SPLITS = ("train", "eval")
 TAGGING_CLASSES = tuple(f"note:{t}" for t in TIMBRES) + EVENT_TYPES[1:]
 MIN_TAGGING = 8  # 6 train + 2 eval clips
+DEFAULT_TAGGING = 600  # the command's and the demo cache's: 450 train + 150 eval clips
 
 _NYQUIST_GUARD = 0.45 * SAMPLE_RATE  # keep partials clear of Nyquist to avoid aliasing
 _TABLE = 2048  # wavetable length for harmonic notes
@@ -571,7 +572,7 @@ def _main(argv) -> int:
     parser.add_argument(
         "--num_tagging",
         type=cli.int_at_least(0),
-        default=600,
+        default=DEFAULT_TAGGING,
         help=f"multi-label mixtures for fine-tuning (0, or at least {MIN_TAGGING})",
     )
     parser.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,12 @@ Each process loads only its rows `[start, stop)` of every global batch (the rows
 hold, `sharding.process_rows`), normalises them, and the trainer assembles the global array in
 row order. The input position is the number of batches read, so a checkpoint written by N
 processes continues exactly on M (`InputIterator.get_state/set_state`).
+
+Fine-tuning (`finetune_dataset`) reads labelled shards the same way, with two changes: an
+epoch may be `epoch_clips` draws with replacement by class-balanced weights (`Weighted`,
+`balanced_weights`) instead of a shuffle, and a crop is seeded by (seed, epoch, position in
+the epoch), since a record may be drawn twice; clips shorter than the crop are padded with
+zeros after normalisation (the corpus mean), as inference pads.
 """
 
 from __future__ import annotations
@@ -33,9 +39,46 @@ def epoch_order(seed: int, epoch: int, num_records: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_records)
 
 
+@dataclasses.dataclass(frozen=True)
+class Shuffled:
+    """Epochs of every record once, in a seeded shuffle (`epoch_order`)."""
+
+    seed: int
+    size: int  # records
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.seed, epoch, self.size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Weighted:
+    """Epochs of `size` draws with replacement, record i with probability w_i / sum(w)."""
+
+    seed: int
+    weights: np.ndarray
+    size: int  # draws per epoch
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        p = np.asarray(self.weights, np.float64)
+        rng = np.random.default_rng([self.seed, epoch, 1])  # 1: not the shuffle's stream
+        return rng.choice(len(p), size=self.size, p=p / p.sum())
+
+
+def balanced_weights(labels: list[list[int]], num_classes: int) -> np.ndarray:
+    """Class-balanced sampling weights (the AudioSet fine-tuning recipe of M2D): a clip weighs
+    `(sum over its labels of 1000 / (label count + 0.01)) ** (1 / 1.5)`; a clip without a label
+    weighs 0 (never drawn)."""
+    counts = np.zeros(num_classes, np.float64)
+    for row in labels:
+        counts[list(row)] += 1
+    per_class = 1000.0 / (counts + 0.01)
+    return np.array([per_class[list(row)].sum() ** (1 / 1.5) for row in labels], np.float64)
+
+
 class GlobalRows(grain.MapDataset):
-    """This process's examples: local example k -> (epoch, record, log-mel) of global example
-    `(k // rows) * batch + start + k % rows`, where rows = stop - start."""
+    """This process's examples: local example k -> (epoch, position, record, item) of global
+    example g = `(k // rows) * batch + start + k % rows` (rows = stop - start): epoch
+    g // E, position g % E in it, and the record `order(epoch)[position]` (E = order.size)."""
 
     def __init__(
         self,
@@ -44,14 +87,14 @@ class GlobalRows(grain.MapDataset):
         batch: int,
         start: int,
         stop: int,
-        seed: int,
+        order: Shuffled | Weighted,
         num_epochs: int | None,
     ):
         super().__init__(parent)
         if not 0 <= start < stop <= batch:
             raise ValueError(f"rows [{start}, {stop}) are not a part of a batch of {batch}")
-        self._batch, self._start, self._rows, self._seed = batch, start, stop - start, seed
-        self._n = len(parent)
+        self._batch, self._start, self._rows, self._order_of = batch, start, stop - start, order
+        self._n = order.size
         batches = sys.maxsize // batch if num_epochs is None else num_epochs * self._n // batch
         self._len = batches * self._rows
         self._orders: dict[int, np.ndarray] = {}
@@ -66,7 +109,7 @@ class GlobalRows(grain.MapDataset):
         if epoch not in self._orders:
             if len(self._orders) >= 2:  # a batch of at most N examples spans <= 2 epochs
                 self._orders.pop(min(self._orders))
-            self._orders[epoch] = epoch_order(self._seed, epoch, self._n)
+            self._orders[epoch] = self._order_of(epoch)
         return self._orders[epoch]
 
     def __getitem__(self, k):
@@ -75,19 +118,19 @@ class GlobalRows(grain.MapDataset):
         g = (k // self._rows) * self._batch + self._start + k % self._rows
         epoch, position = divmod(g, self._n)
         record = int(self._order(epoch)[position])
-        return epoch, record, self._parent[record]
+        return epoch, position, record, self._parent[record]
 
 
 @dataclasses.dataclass(frozen=True)
 class RandomCrop(grain.transforms.Map):
-    """(epoch, record, mel) -> `frames` consecutive frames at a start seeded by (seed, epoch,
-    record); float16 (n_mels, frames)."""
+    """(epoch, position, record, mel) -> `frames` consecutive frames at a start seeded by
+    (seed, epoch, record); float16 (n_mels, frames)."""
 
     frames: int
     seed: int
 
-    def map(self, example: tuple[int, int, np.ndarray]) -> np.ndarray:
-        epoch, record, mel = example
+    def map(self, example: tuple[int, int, int, np.ndarray]) -> np.ndarray:
+        epoch, _, record, mel = example
         total = mel.shape[1]
         if total < self.frames:
             raise ValueError(
@@ -157,11 +200,88 @@ def pretraining_dataset(
     start, stop = (0, batch_size) if rows is None else rows
     source = grain.MapDataset.source(shards.MelSource(data_dir))
     ds = GlobalRows(
-        source, batch=batch_size, start=start, stop=stop, seed=seed, num_epochs=num_epochs
+        source,
+        batch=batch_size,
+        start=start,
+        stop=stop,
+        order=Shuffled(seed, len(source)),
+        num_epochs=num_epochs,
     )
     ds = ds.map(RandomCrop(crop_frames, seed))
     ds = ds.batch(stop - start, drop_remainder=True)
     return ds.map(Normalize(mean, std))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LabelledCrop(grain.transforms.Map):
+    """(epoch, position, record, mel) -> (normalised float32 (n_mels, frames) crop, float32
+    (C,) multi-hot labels). The crop starts at a point seeded by (seed, epoch, position); a
+    shorter clip is padded with zeros after normalising."""
+
+    frames: int
+    seed: int
+    normalize: Normalize
+    label_offsets: np.ndarray  # labels of record r: label_indices[offsets[r]:offsets[r + 1]]
+    label_indices: np.ndarray
+    num_classes: int
+
+    def map(self, example):
+        epoch, position, record, mel = example
+        total = mel.shape[1]
+        x = np.zeros((mel.shape[0], self.frames), np.float32)
+        if total > self.frames:
+            rng = np.random.default_rng([self.seed, epoch, position])
+            start = int(rng.integers(0, total - self.frames + 1))
+            mel = mel[:, start : start + self.frames]
+        x[:, : mel.shape[1]] = self.normalize.map(mel)
+        y = np.zeros(self.num_classes, np.float32)
+        y[self.label_indices[self.label_offsets[record] : self.label_offsets[record + 1]]] = 1.0
+        return x, y
+
+
+def record_labels(index: dict) -> list[list[int]]:
+    """Each record's label indices, in record order, from a labelled index (`--labels`).
+
+    Raises:
+      ValueError: the shards were preprocessed without `--labels`.
+    """
+    if "classes" not in index:
+        raise ValueError("the shards hold no labels: preprocess them with --labels")
+    return [row for s in index["shards"] if s["num_records"] > 0 for row in s["labels"]]
+
+
+def finetune_dataset(
+    data_dir: str,
+    *,
+    batch_size: int,
+    crop_frames: int,
+    seed: int,
+    mean: float,
+    std: float,
+    labels: list[list[int]],
+    num_classes: int,
+    epoch_clips: int | None = None,
+    rows: tuple[int, int] | None = None,
+) -> grain.MapDataset:
+    """This process's rows of the fine-tuning batches: (x (rows, F, crop), y (rows, C)).
+
+    Args:
+      labels: each record's class indices (`record_labels`, mapped to the run's classes).
+      epoch_clips: None: an epoch is every record once, shuffled; a number: that many draws
+        with replacement by `balanced_weights` (AudioSet's balanced sampling).
+      Others: as `pretraining_dataset`.
+    """
+    start, stop = (0, batch_size) if rows is None else rows
+    source = grain.MapDataset.source(shards.MelSource(data_dir))
+    if epoch_clips is None:
+        order = Shuffled(seed, len(source))
+    else:
+        order = Weighted(seed, balanced_weights(labels, num_classes), epoch_clips)
+    ds = GlobalRows(source, batch=batch_size, start=start, stop=stop, order=order, num_epochs=None)
+    offsets = np.cumsum([0] + [len(r) for r in labels]).astype(np.int64)
+    indices = np.array([c for r in labels for c in r], np.int64)
+    crop = LabelledCrop(crop_frames, seed, Normalize(mean, std), offsets, indices, num_classes)
+    return ds.map(crop).batch(stop - start, drop_remainder=True)
 
 
 def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") -> None:

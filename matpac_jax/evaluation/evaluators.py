@@ -123,7 +123,8 @@ def resolve_task(spec: str, demo_cache: str, flag: str = "--task") -> str:
 def _demo_audio(demo_cache: str) -> str:
     """The demo corpus's audio folder, generated if needed (once per process and folder)."""
     audio_dir = os.path.join(demo_cache, "audio")
-    demo_corpus.generate(audio_dir, num_workers=2)  # idempotent, as for the pretraining shards
+    # Idempotent, and the same corpus as the pretraining and tagging shards' (data/demo.py).
+    demo_corpus.generate(audio_dir, num_workers=2, num_tagging=demo_corpus.DEFAULT_TAGGING)
     return audio_dir
 
 

@@ -92,7 +92,7 @@ class Predictions:
     labels: list[str]
 
 
-def _inference_model(cfg: models.ModelConfig, rngs: nnx.Rngs) -> models.MatpacModel:
+def encoder_model(cfg: models.ModelConfig, rngs: nnx.Rngs) -> models.MatpacModel:
     """A MatpacModel without the parts inference never calls (predictor and heads)."""
     model = models.MatpacModel(cfg, rngs=rngs)
     del model.predictor, model.mcl_heads, model.cls_head
@@ -178,7 +178,7 @@ class Encoder:
         self.num_layers = cfg.depth
         self.embedding_size = cfg.n_mels // cfg.patch * cfg.width  # 5 x 768 = 3,840 for ViT-B
 
-        abstract = nnx.eval_shape(lambda: _inference_model(cfg, nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: encoder_model(cfg, nnx.Rngs(0)))
         self._graphdef, self._state = nnx.split(abstract)
         self.load_params(params)
         self._run = jax.jit(
@@ -256,7 +256,7 @@ class Encoder:
         """A randomly initialised encoder (the reference init; equal to the student of
         `models.build(model_config, nnx.Rngs(seed))`): the probe's untrained baseline."""
         cfg = models.model_config(model_config)
-        params = nnx.to_pure_dict(nnx.state(_inference_model(cfg, nnx.Rngs(seed))))
+        params = nnx.to_pure_dict(nnx.state(encoder_model(cfg, nnx.Rngs(seed))))
         return cls(cfg, params, **kwargs)
 
     @classmethod

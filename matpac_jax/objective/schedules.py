@@ -150,3 +150,25 @@ class Schedules:
             "teacher_tau": teacher_temperature(step, self.tau_warmup_steps, *self.teacher_tau),
             "mcl_temperature": mcl_temperature(step, self.mcl_t0, self.mcl_decay),
         }
+
+
+def epoch_cosine_lr(
+    step,
+    peak_lr: float,
+    steps_per_epoch: float,
+    warmup_epochs: float,
+    total_epochs: float,
+    min_lr: float = 1e-7,
+) -> jax.Array:
+    """Fine-tuning's learning rate, timm's `CosineLRScheduler` stepped each update at the
+    fractional epoch t = step / steps_per_epoch (as M2D's fine-tuning does): linear 0 -> peak
+    while t < warmup_epochs, then `min_lr + (peak - min_lr) (1 + cos(pi t / total_epochs)) / 2`.
+
+    As timm's default (no warm-up prefix), the cosine counts t from 0, not from the end of the
+    warm-up, so the rate drops a little where the warm-up ends.
+    """
+    t = _step_f32(step) / steps_per_epoch
+    warm = peak_lr * t / max(warmup_epochs, 1e-9)
+    progress = jnp.clip(t / total_epochs, 0.0, 1.0)
+    cosine = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(t < warmup_epochs, warm, cosine)

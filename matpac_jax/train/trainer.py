@@ -17,21 +17,18 @@ holds the workdir lock and writes logs and metrics; the processes write one chec
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging as pylogging
 import math
 import os
-import shutil
 import sys
-import time
 
 import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from matpac_jax import cli, config_lib, dirlock, models
+from matpac_jax import cli, config_lib, models
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
 from matpac_jax.data import demo
@@ -41,6 +38,7 @@ from matpac_jax.objective import optimizer, schedules
 from matpac_jax.train import checkpoints as checkpointing
 from matpac_jax.train import distributed, run_record, sharding
 from matpac_jax.train import evals as train_evals
+from matpac_jax.train import loop as loop_lib
 from matpac_jax.train import metrics as metric_writer
 from matpac_jax.train import step as ts
 
@@ -69,10 +67,6 @@ _HEARTBEAT = flags.DEFINE_integer(
     distributed.HEARTBEAT_TIMEOUT_S,
     "multi-process: a process silent this long is dead, and the others exit non-zero",
 )
-
-
-class NonFiniteError(RuntimeError):
-    """Too many non-finite steps in a row."""
 
 
 def resolve_data_dir(config) -> str:
@@ -242,38 +236,20 @@ def encoder_params(params: dict) -> dict:
     return {k: params[k] for k in ("patch_embed", "cls_token", "student")}
 
 
-@dataclasses.dataclass
-class RunResult:
-    """What `train` returns: the last logged metrics and how the run ended."""
-
-    metrics: dict
-    exported: bool  # False when a signal stopped the run before the last step
-
-
-def train(config, workdir: str) -> RunResult:
+def train(config, workdir: str) -> loop_lib.RunResult:
     """Runs (or resumes) pretraining in `workdir` (made absolute here).
 
     A start that fails (a bad config or data, a locked workdir) leaves no workdir behind that
     did not exist before.
     """
-    process, num_processes = jax.process_index(), jax.process_count()
-    workdir = cli.output_dir(workdir, "--workdir")
     check_config(config)
-    created = process == 0 and not os.path.exists(workdir)
-    cli.make_dir(workdir, "--workdir")
-    started = []  # set once the first step runs: from then on the workdir holds the run
-    # One lock per workdir, held by process 0 (the others share its filesystem view or not).
-    lock = dirlock.DirLock(workdir, "trainer") if process == 0 else contextlib.nullcontext()
-    try:
-        with lock:
-            return _train_locked(config, workdir, process, num_processes, started)
-    except BaseException:
-        if created and not started:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
+    return loop_lib.in_workdir(
+        workdir, "trainer", lambda workdir, started: _train_locked(config, workdir, started)
+    )
 
 
-def _train_locked(config, workdir, process, num_processes, started) -> RunResult:
+def _train_locked(config, workdir, started) -> loop_lib.RunResult:
+    process, num_processes = jax.process_index(), jax.process_count()
     # ---------------------------------------------------------------- data
     data_dir = resolve_data_dir(config)
     index = shards.load_index(data_dir)
@@ -388,86 +364,42 @@ def _train_locked(config, workdir, process, num_processes, started) -> RunResult
         )
 
     # ---------------------------------------------------------------- loop
-    stop = distributed.StopRequest()
     # Step 0 once: a fresh start after an attempt that never checkpointed finds its row there.
     if start == 0 and evals.due(0):
         row = evals(state)
         logging.info("step 0: %s", train_evals.summary(row))
         if process == 0 and not train_evals.step_logged(workdir, 0):
             writer.write(0, row)
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-    bar = tqdm(
-        total=total_steps,
-        initial=start,
-        unit="step",
-        disable=True if process else None,  # None: a bar on a terminal only, not in log files
-        dynamic_ncols=True,
-        desc="train",
+    def evaluate(state, step):
+        scores = evals(state)
+        logging.info("step %d: %s", step, train_evals.summary(scores))
+        return scores
+
+    loop = loop_lib.Loop(
+        step_fn=step_fn,
+        data_iter=data_iter,
+        mesh=mesh,
+        ckpt=ckpt,
+        writer=writer,
+        total_steps=total_steps,
+        batch_size=config.batch_size,
+        log_every=config.log_every,
+        max_consecutive_skips=config.max_consecutive_skips,
+        due=evals.due,
+        evaluate=evaluate,
     )
-    last, tick, tick_step = {}, time.perf_counter(), start
-    exported = False
-    started.append(start)
     try:
-        for step in range(start, total_steps):
-            batch = sharding.global_batch(next(data_iter), mesh)
-            if step == start and num_processes > 1:  # compiled everywhere before collectives
-                step_fn = step_fn.lower(state, batch).compile()
-                distributed.meet(f"step {start} compiled")
-            state, metrics = step_fn(state, batch)
-            done = step + 1
-            stopping = stop(done)
-            evaluating = evals.due(done)  # on schedule only: a resumed run evaluates the same
-            if done % config.log_every == 0 or done == total_steps or stopping or evaluating:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                rate = (done - tick_step) / max(now - tick, 1e-9)
-                last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
-                if evaluating:  # in the step's row, before its checkpoint
-                    scores = evals(state)
-                    logging.info("step %d: %s", done, train_evals.summary(scores))
-                    last.update(scores)
-                    now = time.perf_counter()  # the next rate counts training alone
-                tick, tick_step = now, done
-                writer.write(done, last)
-                if bar.disable:
-                    logging.info(
-                        "step %d/%d: loss %.4f, %.0f examples/s",
-                        done,
-                        total_steps,
-                        last["loss"],
-                        last["examples_per_s"],
-                    )
-                else:
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.4f}",
-                        ex_s=f"{last['examples_per_s']:.0f}",
-                        refresh=False,
-                    )
-                if last["skip_streak"] >= config.max_consecutive_skips:
-                    raise NonFiniteError(
-                        f"{int(last['skip_streak'])} non-finite steps in a row up to step "
-                        f"{done}: stopping; the last finished checkpoint (step "
-                        f"{ckpt.latest_step()}) holds the last good state"
-                    )
-            bar.update(1)
-            ckpt.save(done, state, data_iter, force=done == total_steps)
-            if stopping:
-                logging.warning("signal %d: saving step %d and exiting", stop.signum, done)
-                ckpt.save(done, state, data_iter, force=True)
-                break
-        else:
+        state, last, finished = loop_lib.run_loop(loop, state, start, started)
+        if finished:
             export.export_encoder(
                 workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
             )
-            exported = True
     finally:
-        bar.close()
         ckpt.close()
         writer.close()
         data_iter.close()
-        stop.close()
-    return RunResult(last, exported)
+    return loop_lib.RunResult(last, finished)
 
 
 def _export_config(model_cfg, index, config) -> dict:
@@ -490,7 +422,7 @@ class _QuietLibraries:
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], prog: str = PROG) -> list[str]:
     """absl's flag parsing with the CLI boundary's manners: a usage or config mistake is one
     line and exit 2; asking for help is exit 0 (absl exits 1)."""
     debug = cli.debug_requested(argv[1:])
@@ -507,13 +439,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         # it names (a typo, a bad value, a get_config argument): the user's to fix.
         if debug:
             raise
-        sys.exit(cli.fail(PROG, config_lib.flag_error(e, argv[1:])))
+        sys.exit(cli.fail(prog, config_lib.flag_error(e, argv[1:])))
     if len(rest) > 1:
-        sys.exit(cli.fail(PROG, f"unexpected arguments {rest[1:]}; flags look like --name=value"))
+        sys.exit(cli.fail(prog, f"unexpected arguments {rest[1:]}; flags look like --name=value"))
     return rest
 
 
-def main(argv):
+def main(argv, run=train, prog: str = PROG):
+    """The command: `run(config, workdir)` (pretraining's `train`, or fine-tuning's) under the
+    multi-process start-up, the CLI boundary's error manners and the final summary."""
     del argv
     for handler in (*pylogging.getLogger().handlers, logging.get_absl_handler().python_handler):
         handler.addFilter(_QuietLibraries())
@@ -534,11 +468,11 @@ def main(argv):
         if jax.process_index() != 0:  # process 0 speaks for the run; the others only warn
             logging.set_verbosity(logging.WARNING)
         with distributed.fail_fast():
-            result = train(_CONFIG.value, workdir)
+            result = run(_CONFIG.value, workdir)
     except cli.UserError as e:
         if cli.debug_requested() or _DEBUG.value:
             raise
-        sys.exit(cli.fail(PROG, e))
+        sys.exit(cli.fail(prog, e))
     if jax.process_index() != 0:
         return
     if result.metrics:
