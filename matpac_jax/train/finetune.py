@@ -457,9 +457,7 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
         dtype=trainer.compute_dtype(config.model.compute_dtype),
         remat=config.model.remat,
     )
-    graphdef = nnx.graphdef(
-        nnx.eval_shape(lambda: inference.encoder_model(model_cfg, nnx.Rngs(0)))
-    )
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: inference.encoder_model(model_cfg, nnx.Rngs(0))))
     tx = make_optimizer(config, lr_fn)
     init_fn = lambda key, enc: init_state(key, model_cfg, enc, len(classes), tx)  # noqa: E731
     abstract = jax.eval_shape(init_fn, jax.random.key(0), encoder_params)
