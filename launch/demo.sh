@@ -3,7 +3,8 @@
 # the demo audio, preprocess it into log-mel shards, check the input pipeline's speed, pretrain
 # the `runlocal` MATPAC++ model (a few minutes on 2 CPU cores), summarise the run, and score
 # the pretrained encoder against its random-init twin and the log-mel baseline with linear
-# probes on the demo's labelled tasks.
+# probes on the demo's labelled tasks, then fine-tune it on the demo's multi-label tagging
+# mixtures against the same encoder frozen with a trained linear head (docs/finetune.md).
 #
 # Environment:
 #   MATPAC_DEMO_DIR   where everything goes (default runs/demo in the checkout, runs/demo_tiny
@@ -18,7 +19,7 @@ case "$SIZE" in
   full)
     CORPUS=(); BENCH=(--batch_size 64 --seconds 3 --workers 0,2); TRAIN=(); SEEDS=() ;;
   tiny)
-    CORPUS=(--num_pretrain 8 --num_labelled 72)
+    CORPUS=(--num_pretrain 8 --num_labelled 72 --num_tagging 8)
     BENCH=(--batch_size 4 --seconds 0.5 --workers 0)
     TRAIN=(--config.total_steps=3 --config.batch_size=4 --config.log_every=1
            --config.checkpoint_every=3 --config.data.crop_frames=64)
@@ -70,10 +71,41 @@ step python -m matpac_jax.evaluation.probe table "$DEMO/probe/pretrained" "$DEMO
   "$DEMO/probe/logmel" --names "MATPAC++ runlocal" "random init" "log-mel" \
   --out "$DEMO/probe/table.md"
 
+# Fine-tuning (docs/finetune.md): the tagging mixtures' labelled shards, the pretrained encoder
+# fine-tuned whole, and the same encoder frozen with only its linear head trained.
+for split in train eval; do
+  step python -m matpac_jax.audio.preprocess --input_dir "$DEMO/audio/tagging/$split" \
+    --labels "$DEMO/audio/tagging/$split.csv" --output_dir "$DEMO/tagging_mels/$split" \
+    --num_workers 2
+done
+FT=(--config=configs/finetune_audioset.py:runlocal --init="$DEMO/pretrain"
+    --config.data.train_dir="$DEMO/tagging_mels/train"
+    --config.data.eval_dir="$DEMO/tagging_mels/eval" ${TRAIN[@]+"${TRAIN[@]}"})
+step python -m matpac_jax.train.finetune "${FT[@]}" --workdir="$DEMO/finetune"
+step python -m matpac_jax.train.finetune "${FT[@]}" --workdir="$DEMO/finetune_frozen" \
+  --config.freeze_encoder=True
+# The last evaluation's mAP of each, beside the probe table.
+python - "$DEMO/finetune" "$DEMO/finetune_frozen" > "$DEMO/finetune_map.md" <<'PY'
+import json, sys
+
+maps = []
+for workdir in sys.argv[1:]:
+    with open(f"{workdir}/metrics.jsonl") as f:
+        row = [r for r in map(json.loads, f) if "eval/map" in r][-1]
+    maps.append(f"{100 * row['eval/map']:.1f} (best {100 * row['eval/best_map']:.1f})")
+print("| tagging mAP, demo mixtures (9 classes) | fine-tuned | frozen + linear head |")
+print("|---|---|---|")
+print(f"| eval split, last epoch | {maps[0]} | {maps[1]} |")
+PY
 echo
-echo "demo corpus:    $DEMO/audio (pretrain/, labelled/, tasks/*.csv)"
+cat "$DEMO/probe/table.md"
+echo
+cat "$DEMO/finetune_map.md"
+echo
+echo "demo corpus:    $DEMO/audio (pretrain/, labelled/, tasks/*.csv, tagging/)"
 echo "log-mel shards: $DEMO/mels (index.json, report.json, shards/)"
 echo "pretraining:    $DEMO/pretrain (metrics.jsonl, tensorboard/, checkpoints/, export/)"
 echo "random twin:    $DEMO/random (the same run stopped before its first update)"
 echo "learning curves: $DEMO/pretrain/plots/*.png (losses, monitors, evals vs random init and log-mel)"
 echo "probe table:    $DEMO/probe/table.md (reports and confusion matrices in $DEMO/probe/*/)"
+echo "fine-tuning:    $DEMO/finetune, $DEMO/finetune_frozen (metrics.jsonl: eval/map; export/ tags)"

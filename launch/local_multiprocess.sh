@@ -11,6 +11,8 @@
 #   DEVICES_PER_PROCESS  CPU devices each process sees (default 1)
 #   MATPAC_PORT          the coordinator's port on 127.0.0.1 (default: a free one)
 #   MATPAC_PYTHON        the interpreter (default: python from .venv, set up by env.sh)
+#   MATPAC_MODULE        the program (default matpac_jax.train; matpac_jax.train.finetune
+#                        fine-tunes, with its own flags after --)
 #
 # Output lines are prefixed with [pI] (only process 0 logs at INFO). When a process fails, the
 # others are killed and this script exits with the failed process's status; SIGTERM or Ctrl-C
@@ -62,7 +64,7 @@ export PYTHONUNBUFFERED=1
 
 cmd_for() {  # CMD: the command line of process $1, with the trainer arguments after it
   local id="$1"; shift
-  CMD=("$PY" -m matpac_jax.train "--coordinator_address=127.0.0.1:${PORT}"
+  CMD=("$PY" -m "${MATPAC_MODULE:-matpac_jax.train}" "--coordinator_address=127.0.0.1:${PORT}"
        "--num_processes=${NPROC}" "--process_id=${id}" "$@")
 }
 

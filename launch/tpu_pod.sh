@@ -16,6 +16,8 @@
 #   PROJECT               gcloud project (default: gcloud's configured one)
 #   SPOT=1                create a Spot TPU VM (preemptible; rerun this script to resume)
 #   REMOTE_DIR            the checkout on every worker (default matpac_jax, under $HOME)
+#   MATPAC_MODULE         the program (default matpac_jax.train; matpac_jax.train.finetune
+#                         fine-tunes)
 #   MOUNT_CMD             run on every worker before training, to make data and workdir
 #                         visible at the same path everywhere, e.g.
 #                         'mkdir -p /mnt/shared && sudo mount -t nfs 10.0.0.2:/vol /mnt/shared'
@@ -100,5 +102,5 @@ fi
 # trainer's, so a failed worker makes this script fail.
 TRAIN_ARGS="$(for word in "$@"; do quote "$word"; printf ' '; done)"
 on_all_workers "cd ~/$REMOTE_DIR && $ENV && set -o pipefail && \
-python -m matpac_jax.train --distributed=on $TRAIN_ARGS 2>&1 \
+python -m $(quote "${MATPAC_MODULE:-matpac_jax.train}") --distributed=on $TRAIN_ARGS 2>&1 \
 | awk -v p=\"[\$(hostname)] \" '{ print p \$0; fflush() }'"

@@ -29,7 +29,7 @@ The rules:
   flag of the command is passed on as written, and only these change:
     * `random:B` -> `random:mu`, and a config spec `FILE.py:variant=B` -> `FILE.py:runlocal`
       (the tiny `mu` model instead of ViT-B), in any command;
-    * `-m matpac_jax.train` gets `--config.total_steps=3 --config.batch_size=4
+    * `-m matpac_jax.train` and `-m matpac_jax.train.finetune` get `--config.total_steps=3 --config.batch_size=4
       --config.log_every=1 --config.checkpoint_every=3 --config.data.crop_frames=64
       --config.data.num_workers=0` appended (absl applies repeated overrides in order: the
       last wins);

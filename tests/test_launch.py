@@ -160,3 +160,22 @@ def test_tpu_dry_run_creates_copies_installs_and_trains_everywhere():
 def test_tpu_needs_name_and_zone():
     out = _bash("launch/tpu_pod.sh", "--dry_run", "--", "--workdir=x", env={"ZONE": "z"})
     assert out.returncode != 0 and "TPU_NAME" in out.stderr
+
+
+def test_every_launcher_runs_fine_tuning_when_asked():
+    module = {"MATPAC_MODULE": "matpac_jax.train.finetune"}
+    args = ["--config=configs/finetune_audioset.py", "--init=runs/b/export", "--workdir=runs/ft"]
+    local = _bash("launch/local_multiprocess.sh", "2", "--dry_run", "--", *args, env=module)
+    assert local.returncode == 0, local.stderr
+    for cmd in _commands(local.stdout):
+        assert cmd[:3] == ["python", "-m", "matpac_jax.train.finetune"] and cmd[-3:] == args
+    slurm = _bash("launch/slurm_gpu.sbatch", "--dry_run", "--", *args, env=module)
+    assert slurm.returncode == 0, slurm.stderr
+    (cmd,) = _commands(slurm.stdout)
+    assert cmd[5:] == ["python", "-m", "matpac_jax.train.finetune", *args]
+    env = {"TPU_NAME": "t", "ZONE": "z", **module}
+    tpu = _bash("launch/tpu_pod.sh", "--dry_run", "--", *args, env=env)
+    assert tpu.returncode == 0, tpu.stderr
+    remote = shlex.split(_commands(tpu.stdout)[-1][-1].removeprefix("--command="))
+    i = remote.index("matpac_jax.train.finetune")
+    assert remote[i + 1 :][: 1 + len(args)] == ["--distributed=on", *args]

@@ -249,7 +249,10 @@ def data_dirs(config) -> tuple[str, str]:
 
 
 def split_labels(index: dict, data_dir: str, classes: list[str], flag: str) -> list[list[int]]:
-    """Each record's labels as indices into `classes` (the training split's class ids)."""
+    """Each record's labels as indices into `classes` (the training split's class ids).
+
+    A label the training split does not have is left out, with a warning: no head can learn it.
+    """
     try:
         rows = input_pipeline.record_labels(index)
     except ValueError as e:
@@ -258,10 +261,14 @@ def split_labels(index: dict, data_dir: str, classes: list[str], flag: str) -> l
     position = {c: i for i, c in enumerate(classes)}
     unknown = sorted({own[i] for row in rows for i in row} - set(position))
     if unknown:
-        raise cli.UserError(
-            f"{flag} {data_dir}: labels the training split does not have: {unknown[:5]}"
+        logging.warning(
+            "%s %s: %d labels the training split does not have are left out: %s",
+            flag,
+            data_dir,
+            len(unknown),
+            unknown[:5],
         )
-    return [sorted(position[own[i]] for i in row) for row in rows]
+    return [sorted(position[own[i]] for i in row if own[i] in position) for row in rows]
 
 
 def load_init(spec: str, config, train_index: dict) -> tuple[dict, dict]:
@@ -285,7 +292,9 @@ def load_init(spec: str, config, train_index: dict) -> tuple[dict, dict]:
     for candidate in (path, os.path.join(path, "export")):
         if export.is_export(candidate):
             params, init_config = export.load_export(candidate)
-            return {k: params[k] for k in inference.ENCODER_KEYS}, init_config
+            # Host arrays: the state is built sharded over the mesh, not on the restore device.
+            encoder = {k: jax.tree.map(np.asarray, params[k]) for k in inference.ENCODER_KEYS}
+            return encoder, init_config
     raise cli.UserError(
         f"--init {spec}: not an export (config.json + params/), a workdir with export/, or "
         "random[:VARIANT]"

@@ -92,7 +92,7 @@ def shrink(argv: list[str]) -> list[str]:
         return argv
     at = argv.index("-m")
     module, args = argv[at + 1], argv[at + 2 :]
-    if module == "matpac_jax.train":
+    if module in ("matpac_jax.train", "matpac_jax.train.finetune"):
         args = args + list(TRAIN_TINY)
     elif module in CAPS and not (module == "matpac_jax.evaluation.probe" and args[:1] == ["table"]):
         if "-h" not in args and "--help" not in args:
