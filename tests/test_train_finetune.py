@@ -132,16 +132,21 @@ def test_labelled_crops_pad_short_clips_and_carry_their_labels(tmp_path):
     mels = [rng.normal(size=(80, f)).astype(np.float16) - 7 for f in (40, 100, 64, 90)]
     labels = [[0], [1, 2], [], [3]]
     write_mel_dataset(str(tmp_path), mels, 2, labels, CLASSES)
-    ds = pipeline.finetune_dataset(
-        str(tmp_path),
-        batch_size=4,
-        crop_frames=64,
-        seed=1,
-        mean=-7.0,
-        std=2.0,
-        labels=labels,
-        num_classes=4,
-    )
+
+    def dataset(rows=None):
+        return pipeline.finetune_dataset(
+            str(tmp_path),
+            batch_size=4,
+            crop_frames=64,
+            seed=1,
+            mean=-7.0,
+            std=2.0,
+            labels=labels,
+            num_classes=4,
+            rows=rows,
+        )
+
+    ds = dataset()
     x, y = ds[0]
     order = pipeline.epoch_order(1, 0, 4)
     for row, record in enumerate(order):
@@ -158,20 +163,7 @@ def test_labelled_crops_pad_short_clips_and_carry_their_labels(tmp_path):
             ]
             assert starts
     # Rows of a batch split over processes are the rows of the whole batch.
-    parts = [
-        pipeline.finetune_dataset(
-            str(tmp_path),
-            batch_size=4,
-            crop_frames=64,
-            seed=1,
-            mean=-7.0,
-            std=2.0,
-            labels=labels,
-            num_classes=4,
-            rows=rows,
-        )[1]
-        for rows in ((0, 2), (2, 4))
-    ]
+    parts = [dataset(rows)[1] for rows in ((0, 2), (2, 4))]
     whole = ds[1]
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])

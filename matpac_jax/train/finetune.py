@@ -45,10 +45,9 @@ from matpac_jax.evaluation import multilabel
 from matpac_jax.inference import classifier, export
 from matpac_jax.inference import encoder as inference
 from matpac_jax.objective import schedules
-from matpac_jax.train import checkpoints as checkpointing
 from matpac_jax.train import loop as loop_lib
 from matpac_jax.train import metrics as metric_writer
-from matpac_jax.train import run_record, sharding, trainer
+from matpac_jax.train import sharding, trainer
 
 PROG = "python -m matpac_jax.train.finetune"
 _INIT = flags.DEFINE_string(
@@ -320,9 +319,13 @@ class EvalSplit:
         norm = init_config["normalization"]
         self._normalize = input_pipeline.Normalize(norm["mean"], norm["std"])
 
+    def gather(self, state) -> dict:
+        """{"params", "stats"} replicated on every device (a collective: every process)."""
+        return self._gather({"params": state["params"], "stats": state["batch_stats"]})
+
     def scores(self, state) -> dict:
         start = time.perf_counter()
-        tree = self._gather({"params": state["params"], "stats": state["batch_stats"]})
+        tree = self.gather(state)
         out = {}
         if self.write:
             tree = jax.device_get(tree)
@@ -406,18 +409,9 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
             f"--init {init}: its front end {init_config['front_end']} is not the shards' "
             f"{train_index['front_end']}: preprocess the audio with the encoder's front end"
         )
-    changed = []
-    if checkpointing.finished_steps(workdir):
-        changed = run_record.check_resume(workdir, config)
-        if process == 0:
-            for change in changed:
-                logging.warning(run_record.describe(change))
+    changed = loop_lib.resume_changes(workdir, config)
     # ---------------------------------------------------------------- mesh, schedule
-    mesh = sharding.make_mesh(config.mesh)
-    if config.batch_size % mesh.size:
-        raise cli.UserError(
-            f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices"
-        )
+    mesh = loop_lib.make_mesh(config)
     epoch_clips = config.data.epoch_clips if config.data.balanced else len(train_labels)
     steps_per_epoch = max(1, round(epoch_clips / config.batch_size))
     total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
@@ -485,37 +479,24 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
         eval_dir, eval_labels, len(classes), config, model_cfg, init_config, mesh, process == 0
     )
     # ---------------------------------------------------------------- checkpoints
-    ckpt = checkpointing.Checkpointer(
-        workdir, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
-    )
-    restored = ckpt.restore_latest(abstract, data_iter)
-    if restored is None:
-        state = jax.jit(init_fn, out_shardings=state_sharding)(
+    ckpt, state, start, writer = loop_lib.start_state(
+        workdir,
+        config,
+        mesh,
+        abstract,
+        data_iter,
+        lambda: jax.jit(init_fn, out_shardings=state_sharding)(
             jax.random.fold_in(jax.random.key(config.seed), 2), encoder_params
-        )
-        start = 0
-        logging.info("starting from %s", init)
-    else:
-        state, start = restored
-        logging.info("resumed from step %d", start)
-    writer = metric_writer.MetricWriter(workdir, resume_step=start, enabled=process == 0)
-    if process == 0:
-        run_record.write(
-            workdir,
-            {
-                "model": dataclasses.asdict(model_cfg),
-                "init": init,
-                "classes": len(classes),
-                "schedule": sched_info,
-                "devices": [str(d) for d in jax.devices()],
-                "mesh": dict(mesh.shape),
-                "processes": jax.process_count(),
-                "jax": jax.__version__,
-            },
-            config=config,
-            step=start,
-            changed=changed,
-        )
+        ),
+        {
+            "model": dataclasses.asdict(model_cfg),
+            "init": init,
+            "classes": len(classes),
+            "schedule": sched_info,
+        },
+        changed,
+        fresh=f"starting from {init}",
+    )
     best = list(_best_so_far(workdir, start))
     eval_every = config.eval_every_epochs * steps_per_epoch
 
@@ -536,56 +517,37 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
             )
         return {"epoch": epoch, **scores}
 
+    def finish(state):
+        tree = jax.device_get(evals.gather(state))
+        head = _head(tree["params"]["head"], tree["stats"], names)
+        params = {k: tree["params"][k] for k in inference.ENCODER_KEYS}
+        params["head"] = {
+            "kernel": head.kernel.astype(np.float32),
+            "bias": head.bias.astype(np.float32),
+            "norm_mean": head.norm_mean.astype(np.float32),
+            "norm_var": head.norm_var.astype(np.float32),
+        }
+        head_config = classifier.head_config("audioset", len(classes), names)
+        head_config["activation"] = "sigmoid"  # independent classes: multi-label tagging
+        head_config["ids"] = classes
+        export.export_encoder(
+            workdir,
+            params,
+            {
+                "model": dataclasses.asdict(model_cfg),
+                "front_end": train_index["front_end"],
+                "normalization": norm,
+                "crop_frames": config.data.crop_frames,
+                "head": head_config,
+                "finetune": {"init": init, "best_map": best[0], "best_epoch": best[1]},
+            },
+        )
+
+    due = lambda step: step % eval_every == 0 or step == total_steps  # noqa: E731
     loop = loop_lib.Loop(
-        step_fn=step_fn,
-        data_iter=data_iter,
-        mesh=mesh,
-        ckpt=ckpt,
-        writer=writer,
-        total_steps=total_steps,
-        batch_size=config.batch_size,
-        log_every=config.log_every,
-        max_consecutive_skips=config.max_consecutive_skips,
-        due=lambda step: step % eval_every == 0 or step == total_steps,
-        evaluate=evaluate,
-        desc="finetune",
+        config, step_fn, data_iter, mesh, ckpt, writer, total_steps, due, evaluate, "finetune"
     )
-    try:
-        state, last, finished = loop_lib.run_loop(loop, state, start, started)
-        if finished:
-            tree = jax.device_get(
-                jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(
-                    {"params": state["params"], "stats": state["batch_stats"]}
-                )
-            )
-            head = _head(tree["params"]["head"], tree["stats"], names)
-            params = {k: tree["params"][k] for k in inference.ENCODER_KEYS}
-            params["head"] = {
-                "kernel": head.kernel.astype(np.float32),
-                "bias": head.bias.astype(np.float32),
-                "norm_mean": head.norm_mean.astype(np.float32),
-                "norm_var": head.norm_var.astype(np.float32),
-            }
-            head_config = {**classifier.head_config("audioset", len(classes), names)}
-            head_config["activation"] = "sigmoid"  # independent classes: multi-label tagging
-            head_config["ids"] = classes
-            export.export_encoder(
-                workdir,
-                params,
-                {
-                    "model": dataclasses.asdict(model_cfg),
-                    "front_end": train_index["front_end"],
-                    "normalization": norm,
-                    "crop_frames": config.data.crop_frames,
-                    "head": head_config,
-                    "finetune": {"init": init, "best_map": best[0], "best_epoch": best[1]},
-                },
-            )
-    finally:
-        ckpt.close()
-        writer.close()
-        data_iter.close()
-    return loop_lib.RunResult(last, finished)
+    return loop_lib.run_loop(loop, state, start, started, finish)
 
 
 def main(argv):

@@ -20,7 +20,9 @@ import jax
 from absl import logging
 
 from matpac_jax import cli, dirlock
-from matpac_jax.train import distributed, sharding
+from matpac_jax.train import checkpoints as checkpointing
+from matpac_jax.train import distributed, run_record, sharding
+from matpac_jax.train import metrics as metric_writer
 
 
 class NonFiniteError(RuntimeError):
@@ -56,31 +58,90 @@ def in_workdir(workdir: str, what: str, body: Callable[[str, list], RunResult]) 
         raise
 
 
+def resume_changes(workdir: str, config) -> list:
+    """Before any work: the config changes a resume may continue under (logged once), or
+    cli.UserError for one the checkpoints cannot (run_record.check_resume)."""
+    if not checkpointing.finished_steps(workdir):
+        return []
+    changed = run_record.check_resume(workdir, config)
+    if jax.process_index() == 0:
+        for change in changed:
+            logging.warning(run_record.describe(change))
+    return changed
+
+
+def make_mesh(config):
+    """The config's (data, fsdp) mesh; cli.UserError when the batch does not split over it."""
+    mesh = sharding.make_mesh(config.mesh)
+    if config.batch_size % mesh.size:
+        raise cli.UserError(
+            f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
+            "devices of the mesh"
+        )
+    return mesh
+
+
+def start_state(
+    workdir,
+    config,
+    mesh,
+    abstract,
+    data_iter,
+    init: Callable[[], Any],
+    info: dict,
+    changed: list,
+    fresh: str = "starting from scratch",
+):
+    """The checkpointer, the state and step to start from (the newest finished checkpoint, or
+    `init()`, logging `fresh`), the metric writer, and this start recorded in run.json (`info`
+    with the devices, mesh and versions)."""
+    ckpt = checkpointing.Checkpointer(
+        workdir, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
+    )
+    restored = ckpt.restore_latest(abstract, data_iter)
+    if restored is None:
+        state, start = init(), 0
+        logging.info(fresh)
+    else:
+        state, start = restored
+        logging.info("resumed from step %d", start)
+    process = jax.process_index()
+    writer = metric_writer.MetricWriter(workdir, resume_step=start, enabled=process == 0)
+    if process == 0:
+        info = {
+            **info,
+            "devices": [str(d) for d in jax.devices()],
+            "mesh": dict(mesh.shape),
+            "processes": jax.process_count(),
+            "jax": jax.__version__,
+        }
+        run_record.write(workdir, info, config=config, step=start, changed=changed)
+    return ckpt, state, start, writer
+
+
 @dataclasses.dataclass
 class Loop:
     """The step loop's parts. `step_fn(state, batch) -> (state, metrics)` with "loss" and
     "skip_streak" in the metrics; `due(step)` says whether `evaluate(state, step) -> scores`
-    runs after `step` (its scores join that step's row, before its checkpoint)."""
+    runs after `step` (its scores join that step's row, before its checkpoint). From `config`:
+    batch_size, log_every, max_consecutive_skips."""
 
+    config: Any
     step_fn: Callable
     data_iter: Any
     mesh: Any
     ckpt: Any
     writer: Any
     total_steps: int
-    batch_size: int
-    log_every: int
-    max_consecutive_skips: int
-    due: Callable[[int], bool] = lambda step: False
-    evaluate: Callable[[Any, int], dict] | None = None
+    due: Callable[[int], bool]
+    evaluate: Callable[[Any, int], dict]
     desc: str = "train"
 
 
-def run_loop(loop: Loop, state, start: int, started: list) -> tuple[Any, dict, bool]:
-    """Runs steps `start` .. `total_steps`; returns (state, last logged metrics, finished).
-
-    `finished` is False when a signal stopped the run (its step is saved).
-    """
+def run_loop(loop: Loop, state, start: int, started: list, finish: Callable) -> RunResult:
+    """Runs steps `start` .. `total_steps`, then `finish(state)` (the export) unless a signal
+    stopped the run (its step is saved); closes the checkpointer, writer and input after."""
+    config = loop.config
     process, num_processes = jax.process_index(), jax.process_count()
     stop = distributed.StopRequest()
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -106,11 +167,11 @@ def run_loop(loop: Loop, state, start: int, started: list) -> tuple[Any, dict, b
             done = step + 1
             stopping = stop(done)
             evaluating = loop.due(done)  # on schedule only: a resumed run evaluates the same
-            if done % loop.log_every == 0 or done == loop.total_steps or stopping or evaluating:
+            if done % config.log_every == 0 or done == loop.total_steps or stopping or evaluating:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 rate = (done - tick_step) / max(now - tick, 1e-9)
-                last.update(steps_per_s=rate, examples_per_s=rate * loop.batch_size)
+                last.update(steps_per_s=rate, examples_per_s=rate * config.batch_size)
                 if evaluating:  # in the step's row, before its checkpoint
                     last.update(loop.evaluate(state, done))
                     now = time.perf_counter()  # the next rate counts training alone
@@ -130,7 +191,7 @@ def run_loop(loop: Loop, state, start: int, started: list) -> tuple[Any, dict, b
                         ex_s=f"{last['examples_per_s']:.0f}",
                         refresh=False,
                     )
-                if last["skip_streak"] >= loop.max_consecutive_skips:
+                if last["skip_streak"] >= config.max_consecutive_skips:
                     raise NonFiniteError(
                         f"{int(last['skip_streak'])} non-finite steps in a row up to step "
                         f"{done}: stopping; the last finished checkpoint (step "
@@ -144,7 +205,11 @@ def run_loop(loop: Loop, state, start: int, started: list) -> tuple[Any, dict, b
                 break
         else:
             finished = True
+            finish(state)
     finally:
         bar.close()
         stop.close()
-    return state, last, finished
+        loop.ckpt.close()
+        loop.writer.close()
+        loop.data_iter.close()
+    return RunResult(last, finished)

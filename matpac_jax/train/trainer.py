@@ -35,11 +35,9 @@ from matpac_jax.data import demo
 from matpac_jax.data import pipeline as input_pipeline
 from matpac_jax.inference import export
 from matpac_jax.objective import optimizer, schedules
-from matpac_jax.train import checkpoints as checkpointing
-from matpac_jax.train import distributed, run_record, sharding
+from matpac_jax.train import distributed, sharding
 from matpac_jax.train import evals as train_evals
 from matpac_jax.train import loop as loop_lib
-from matpac_jax.train import metrics as metric_writer
 from matpac_jax.train import step as ts
 
 PROG = "python -m matpac_jax.train"
@@ -257,19 +255,9 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
     resolve_normalization(config, index, data_dir)
     # ---------------------------------------------------------------- resume
     # Before any work: a config the checkpoints cannot continue under is a one-line error.
-    changed = []
-    if checkpointing.finished_steps(workdir):
-        changed = run_record.check_resume(workdir, config)
-        if process == 0:
-            for change in changed:
-                logging.warning(run_record.describe(change))
+    changed = loop_lib.resume_changes(workdir, config)
     # ---------------------------------------------------------------- mesh
-    mesh = sharding.make_mesh(config.mesh)
-    if config.batch_size % mesh.size:
-        raise cli.UserError(
-            f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
-            "devices of the mesh"
-        )
+    mesh = loop_lib.make_mesh(config)
     rows = sharding.process_rows(mesh, config.batch_size)
     logging.info(
         "mesh %s over %d processes (%d devices each); this process loads rows [%d, %d)",
@@ -332,36 +320,22 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
     evals.write_baselines(workdir)
 
     # ---------------------------------------------------------------- checkpoints
-    ckpt = checkpointing.Checkpointer(
-        workdir, save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints
-    )
-    restored = ckpt.restore_latest(abstract, data_iter)
-    if restored is None:
-        state = jax.jit(init, out_shardings=state_sharding)(
+    ckpt, state, start, writer = loop_lib.start_state(
+        workdir,
+        config,
+        mesh,
+        abstract,
+        data_iter,
+        lambda: jax.jit(init, out_shardings=state_sharding)(
             jax.random.fold_in(jax.random.key(config.seed), 1)
-        )
-        start = 0
-        logging.info("starting from scratch")
-    else:
-        state, start = restored
-        logging.info("resumed from step %d", start)
-    writer = metric_writer.MetricWriter(workdir, resume_step=start, enabled=process == 0)
-    if process == 0:
-        run_record.write(
-            workdir,
-            {
-                "model": dataclasses.asdict(model_cfg),
-                "schedule": sched_info,
-                "data_records": index["num_records"],
-                "devices": [str(d) for d in jax.devices()],
-                "mesh": dict(mesh.shape),
-                "processes": jax.process_count(),
-                "jax": jax.__version__,
-            },
-            config=config,
-            step=start,
-            changed=changed,
-        )
+        ),
+        {
+            "model": dataclasses.asdict(model_cfg),
+            "schedule": sched_info,
+            "data_records": index["num_records"],
+        },
+        changed,
+    )
 
     # ---------------------------------------------------------------- loop
     # Step 0 once: a fresh start after an attempt that never checkpointed finds its row there.
@@ -376,30 +350,15 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
         logging.info("step %d: %s", step, train_evals.summary(scores))
         return scores
 
+    def finish(state):
+        export.export_encoder(
+            workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
+        )
+
     loop = loop_lib.Loop(
-        step_fn=step_fn,
-        data_iter=data_iter,
-        mesh=mesh,
-        ckpt=ckpt,
-        writer=writer,
-        total_steps=total_steps,
-        batch_size=config.batch_size,
-        log_every=config.log_every,
-        max_consecutive_skips=config.max_consecutive_skips,
-        due=evals.due,
-        evaluate=evaluate,
+        config, step_fn, data_iter, mesh, ckpt, writer, total_steps, evals.due, evaluate
     )
-    try:
-        state, last, finished = loop_lib.run_loop(loop, state, start, started)
-        if finished:
-            export.export_encoder(
-                workdir, encoder_params(state["params"]), _export_config(model_cfg, index, config)
-            )
-    finally:
-        ckpt.close()
-        writer.close()
-        data_iter.close()
-    return loop_lib.RunResult(last, finished)
+    return loop_lib.run_loop(loop, state, start, started, finish)
 
 
 def _export_config(model_cfg, index, config) -> dict:
