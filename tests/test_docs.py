@@ -113,6 +113,8 @@ def test_shim_shrinks_sizes_never_paths():
         "0",
         "--num_labelled",
         "72",
+        "--num_tagging",
+        "8",
         "--num_workers",
         "0",
     ]
