@@ -120,14 +120,15 @@ class Attention(nnx.Module):
         self.qkv = xavier_linear(width, 3 * width, dtype, param_dtype, rngs)
         self.proj = xavier_linear(width, width, dtype, param_dtype, rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    def __call__(self, x: jax.Array, batch: int) -> jax.Array:
+        """(B * N, D) tokens of `batch` sequences -> (B * N, D)."""
+        bn, d = x.shape
+        qkv = self.qkv(x).reshape(batch, bn // batch, 3, self.num_heads, d // self.num_heads)
         # softmax(q k^T / sqrt(dh)) v; the XLA path computes logits and softmax in float32.
         out = jax.nn.dot_product_attention(
             qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=self.attention_impl
         )
-        return self.proj(out.reshape(b, n, d))
+        return self.proj(out.reshape(bn, d))
 
 
 class Mlp(nnx.Module):
@@ -178,9 +179,17 @@ class Block(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, N, D) -> (B, N, D), in x's dtype (the residual stream)."""
-        x = x + self.attn(self.norm1(x)).astype(x.dtype)
-        return x + self.mlp(self.norm2(x)).astype(x.dtype)
+        """(B, N, D) -> (B, N, D), in x's dtype (the residual stream).
+
+        The tokens go through the norms, projections and MLP as one (B * N, D) matrix, back to
+        (B, N, ...) for attention alone: on (B, N, D) arrays XLA's CPU backend copied every
+        weight gradient's input into a transposed layout (docs/PERFORMANCE.md, issue 24).
+        """
+        b, n, d = x.shape
+        x = x.reshape(b * n, d)
+        x = x + self.attn(self.norm1(x), b).astype(x.dtype)
+        x = x + self.mlp(self.norm2(x)).astype(x.dtype)
+        return x.reshape(b, n, d)
 
 
 def _run_block(block: Block, x: jax.Array) -> jax.Array:
