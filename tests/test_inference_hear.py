@@ -126,18 +126,21 @@ def test_the_benchmark_tools_checks_pass():
     assert ts.detach().cpu().numpy().shape == emb.shape[:2]
 
 
+def _mu_export(path):
+    """An export of the random `mu` encoder at `path`; returns the encoder."""
+    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
+
+    enc = Encoder.load("random:mu")
+    config = {"model": {"variant": "mu"}, "front_end": enc.front_end.to_dict()}
+    export.write_export(str(path), enc.params(), config)
+    return enc
+
+
 def test_the_official_validator_accepts_an_export(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
     pytest.importorskip("hearvalidator")
-    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
-
-    enc = Encoder.load("random:mu")
-    export.write_export(
-        str(tmp_path / "export"),
-        enc.params(),
-        {"model": {"variant": "mu"}, "front_end": enc.front_end.to_dict()},
-    )
+    _mu_export(tmp_path / "export")
     out = subprocess.run(
         ["hear-validator", "matpac_jax.inference.hear", "-m", str(tmp_path / "export")],
         capture_output=True,
@@ -187,14 +190,7 @@ def test_heareval_runner_embeds_tasks_with_an_export(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
     pytest.importorskip("heareval.embeddings.runner")
-    from matpac_jax.inference import export  # pylint: disable=g-import-not-at-top
-
-    enc = Encoder.load("random:mu")
-    export.write_export(
-        str(tmp_path / "export"),
-        enc.params(),
-        {"model": {"variant": "mu"}, "front_end": enc.front_end.to_dict()},
-    )
+    enc = _mu_export(tmp_path / "export")
     _hear_task(tmp_path / "tasks", "tiny-scene", "scene")
     _hear_task(tmp_path / "tasks", "tiny-event", "event")
     out = subprocess.run(
