@@ -208,22 +208,12 @@ def make_optimizer(config, lr_fn) -> optax.GradientTransformation:
 
 def check_config(config) -> None:
     """cli.UserError for a value that would fail late (before any work)."""
-    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if config[key] < 1:
-            raise cli.UserError(f"--config.{key}={config[key]}: must be at least 1")
-    crop, patch = config.data.crop_frames, models.ModelConfig.patch
-    if crop < patch or crop % patch:
-        raise cli.UserError(
-            f"--config.data.crop_frames={crop}: must be a positive multiple of the {patch}-frame "
-            f"patch, e.g. {max(patch, crop // patch * patch)}"
-        )
+    loop_lib.check_run_config(config)
     if config.data.balanced and config.data.epoch_clips < config.batch_size:
         raise cli.UserError(
             f"--config.data.epoch_clips={config.data.epoch_clips}: an epoch must hold at least "
             f"one batch ({config.batch_size})"
         )
-    if config.total_steps is not None and config.total_steps < 1:
-        raise cli.UserError(f"--config.total_steps={config.total_steps}: must be at least 1")
     if config.eval_every_epochs < 1:
         raise cli.UserError(f"--config.eval_every_epochs={config.eval_every_epochs}: >= 1")
     for name in ("train_dir", "eval_dir"):
@@ -335,7 +325,7 @@ class EvalSplit:
                     self.model_cfg, params, batch_size=self.batch, dtype=None
                 )
             self._encoder.load_params(params)
-            head = _head(params["head"], tree["stats"], None)
+            head = classifier.Head.from_export(head_params(tree), head_config([], []))
             probs = []
             for lo in range(0, len(self._source), self.batch):
                 mels = [
@@ -350,17 +340,20 @@ class EvalSplit:
         return {**out, "eval/seconds": time.perf_counter() - start} if self.write else {}
 
 
-def _head(head_params, stats, labels) -> classifier.Head:
-    return classifier.Head(
-        kind="audioset",
-        kernel=np.asarray(head_params["kernel"], np.float64),
-        bias=np.asarray(head_params["bias"], np.float64),
-        labels=labels or [],
-        activation="sigmoid",
-        norm_mean=np.asarray(stats["mean"], np.float64),
-        norm_var=np.asarray(stats["var"], np.float64),
-        norm_eps=BN_EPS,
-    )
+def head_params(tree: dict) -> dict:
+    """The export's `params["head"]` from the gathered {"params", "stats"}: the linear layer
+    and the BatchNorm's running statistics (an AudioSet head, `classifier.Head`)."""
+    return {
+        **tree["params"]["head"],
+        "norm_mean": tree["stats"]["mean"],
+        "norm_var": tree["stats"]["var"],
+    }
+
+
+def head_config(ids: list[str], names: list[str]) -> dict:
+    """The export's `config["head"]`: AudioSet's kind, sigmoid (independent classes)."""
+    config = classifier.head_config("audioset", len(names), names or None)
+    return {**config, "activation": "sigmoid", "norm_eps": BN_EPS, "ids": ids}
 
 
 def _best_so_far(workdir: str, start: int) -> tuple[float, float]:
@@ -519,17 +512,8 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
 
     def finish(state):
         tree = jax.device_get(evals.gather(state))
-        head = _head(tree["params"]["head"], tree["stats"], names)
         params = {k: tree["params"][k] for k in inference.ENCODER_KEYS}
-        params["head"] = {
-            "kernel": head.kernel.astype(np.float32),
-            "bias": head.bias.astype(np.float32),
-            "norm_mean": head.norm_mean.astype(np.float32),
-            "norm_var": head.norm_var.astype(np.float32),
-        }
-        head_config = classifier.head_config("audioset", len(classes), names)
-        head_config["activation"] = "sigmoid"  # independent classes: multi-label tagging
-        head_config["ids"] = classes
+        params["head"] = head_params(tree)
         export.export_encoder(
             workdir,
             params,
@@ -538,7 +522,7 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
                 "front_end": train_index["front_end"],
                 "normalization": norm,
                 "crop_frames": config.data.crop_frames,
-                "head": head_config,
+                "head": head_config(classes, names),
                 "finetune": {"init": init, "best_map": best[0], "best_epoch": best[1]},
             },
         )

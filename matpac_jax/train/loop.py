@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from matpac_jax import cli, dirlock
+from matpac_jax import cli, dirlock, models
 from matpac_jax.train import checkpoints as checkpointing
 from matpac_jax.train import distributed, run_record, sharding
 from matpac_jax.train import metrics as metric_writer
@@ -35,6 +35,26 @@ class RunResult:
 
     metrics: dict
     exported: bool  # False when a signal stopped the run before the last step
+
+
+def check_run_config(config) -> None:
+    """cli.UserError for a bad value of what every trainer's config has: step counts, logging
+    and checkpoint intervals, the crop length."""
+    if config.total_steps is not None and config.total_steps < 1:
+        raise cli.UserError(
+            f"--config.total_steps={config.total_steps}: must be at least 1 (leave it unset to "
+            "train for --config.total_epochs)"
+        )
+    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if config[key] < 1:
+            raise cli.UserError(f"--config.{key}={config[key]}: must be at least 1")
+    crop, patch = config.data.crop_frames, models.ModelConfig.patch
+    if crop < patch or crop % patch:
+        fix = max(patch, crop // patch * patch)
+        raise cli.UserError(
+            f"--config.data.crop_frames={crop}: must be a positive multiple of the {patch}-frame "
+            f"patch, e.g. {fix}"
+        )
 
 
 def in_workdir(workdir: str, what: str, body: Callable[[str, list], RunResult]) -> RunResult:

@@ -91,21 +91,7 @@ def check_config(config) -> None:
             f"--config.model.variant={config.model.variant!r}: unknown; known: "
             f"{', '.join(models.VARIANTS)}"
         )
-    if config.total_steps is not None and config.total_steps < 1:
-        raise cli.UserError(
-            f"--config.total_steps={config.total_steps}: must be at least 1 (leave it unset to "
-            "train for --config.total_epochs)"
-        )
-    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if config[key] < 1:
-            raise cli.UserError(f"--config.{key}={config[key]}: must be at least 1")
-    crop, patch = config.data.crop_frames, models.ModelConfig.patch
-    if crop < patch or crop % patch:
-        fix = max(patch, crop // patch * patch)
-        raise cli.UserError(
-            f"--config.data.crop_frames={crop}: must be a positive multiple of the {patch}-frame "
-            f"patch, e.g. {fix}"
-        )
+    loop_lib.check_run_config(config)
     if not 0.0 <= config.loss.alpha <= 1.0:
         raise cli.UserError(f"--config.loss.alpha={config.loss.alpha}: must be in [0, 1]")
     choices = {
