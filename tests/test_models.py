@@ -149,13 +149,31 @@ def test_embed_matches_conv_loop_and_cut_table():
     np.testing.assert_allclose(short, tokens.reshape(2, 2, 4, -1)[:, :, :2], rtol=1e-6, atol=1e-6)
 
 
-def test_block_matches_float64_numpy():
-    block = Block(32, 4, 4.0, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("attention_impl", [None, "xla"])
+def test_block_matches_float64_numpy(attention_impl):
+    # None: the einsum attention of models/vit.py; "xla": jax.nn.dot_product_attention.
+    block = Block(32, 4, 4.0, attention_impl=attention_impl, rngs=nnx.Rngs(0))
     _perturb(block, 1)
     x = np.random.default_rng(2).normal(size=(2, 7, 32)).astype(np.float32)
     got = block(jnp.asarray(x))
     # float32 compute vs float64: observed ~1e-6 at width 32; 2e-5 leaves margin.
     np.testing.assert_allclose(f64(got), np_block(f64(x), block, 4), rtol=2e-5, atol=2e-5)
+
+
+def test_attention_gradients_match_dot_product_attention():
+    # The einsum attention's backward against jax.nn.dot_product_attention's, on the same
+    # parameters and a distinct cotangent per output: two programs, so a float32 tolerance.
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 7, 32)), jnp.float32)
+    r = jnp.asarray(np.random.default_rng(3).normal(size=(3, 7, 32)), jnp.float32)
+    grads = {}
+    for impl in (None, "xla"):
+        block = Block(32, 4, 4.0, attention_impl=impl, rngs=nnx.Rngs(0))
+        _perturb(block, 1)
+        graph, params = nnx.split(block)
+        loss = lambda p, x, graph=graph: jnp.sum(nnx.merge(graph, p)(x) * r)
+        grads[impl] = jax.grad(loss, argnums=(0, 1))(params, x)
+    for got, want in zip(jax.tree.leaves(grads[None]), jax.tree.leaves(grads["xla"])):
+        np.testing.assert_allclose(f64(got), f64(want), rtol=1e-5, atol=1e-5)
 
 
 def test_encoder_is_permutation_equivariant_over_visible_idx():

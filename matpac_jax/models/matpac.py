@@ -77,7 +77,8 @@ class ModelConfig:
     freeze_wn_gain: bool = False  # quirk: the reference trains g; True is DINO's frozen g = 1
     dtype: str = "float32"  # compute dtype of the matmuls, "bfloat16" on accelerators
     param_dtype: str = "float32"
-    attention_impl: Optional[str] = None  # jax.nn.dot_product_attention: None/"xla"/"cudnn"
+    # None: the einsum attention of models/vit.py; "xla" / "cudnn": jax.nn.dot_product_attention
+    attention_impl: Optional[str] = None
     remat: bool = False  # rematerialise each block in the backward pass
 
     def __post_init__(self):
