@@ -54,6 +54,26 @@ def test_decay_mask_textbook_decays_weight_matrices_only(params):
     assert "['mcl_heads']['bias']" not in decayed and "['cls_token']" not in decayed
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 50.0])  # clipped; not clipped
+def test_clip_by_global_norm_uses_the_given_norm(max_norm):
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=(5,)) * 3}}
+    grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
+    norm = np.sqrt(sum(np.square(np.asarray(g, np.float64)).sum() for g in jax.tree.leaves(grads)))
+    clip = optimizer.clip_by_global_norm(max_norm)
+    state = clip.init(grads)
+    want, _ = optax.clip_by_global_norm(max_norm).update(grads, state)
+    for given in (None, jnp.float32(norm)):
+        got, _ = clip.update(grads, state, grad_norm=given)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-6)
+    # The norm given is the norm used: twice it halves a clipped update.
+    got, _ = clip.update(grads, state, grad_norm=jnp.float32(2 * norm))
+    factor = min(1.0, max_norm / (2 * norm)) / min(1.0, max_norm / norm)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, np.asarray(w) * factor, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # One whole step against float64 numpy.
 

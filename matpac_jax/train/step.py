@@ -218,7 +218,9 @@ def make_train_step(
 
         def update(_):
             # The learning rate of this update is the schedule at `step`, whatever optax counted.
-            updates, new_opt = tx.update(grads, with_lr_clock(state["opt"], step), params)
+            updates, new_opt = tx.update(
+                grads, with_lr_clock(state["opt"], step), params, grad_norm=grad_norm
+            )
             return {
                 "params": optax.apply_updates(params, updates),
                 "opt": new_opt,
