@@ -396,7 +396,7 @@ def main(argv, run=train, prog: str = PROG):
     del argv
     for handler in (*pylogging.getLogger().handlers, logging.get_absl_handler().python_handler):
         handler.addFilter(_QuietLibraries())
-    cli.quiet_jax_backend_probing()
+    cli.start_process()
     jax.config.update(
         "jax_compilation_cache_dir",
         os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/matpac_jax/jax")),
