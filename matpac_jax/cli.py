@@ -107,7 +107,8 @@ def keep_freed_host_memory() -> bool:
         (_M_MMAP_THRESHOLD, 32 << 20),  # ...and the threshold stops adapting to frees
         (_M_TRIM_THRESHOLD, -1),  # freed memory at the top of the heap is never given back
     )
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    results = [mallopt(param, value) for param, value in settings]  # each one, even after a refusal
+    return all(result == 1 for result in results)
 
 
 def quiet_jax_backend_probing() -> None:
