@@ -405,7 +405,11 @@ def test_bench_step_takes_the_trainers_overrides_and_profiles(tmp_path):
     shares = [row["share"] for row in result["top_ops"]]
     assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert all(row["runs"] >= row["ops"] >= 1 and row["kind"] for row in result["top_ops"])
-    assert len([l for l in out.stderr.splitlines() if " ms " in l]) == 4  # the table
+    timeline = result["timeline"]
+    assert 0 <= timeline["no_op_ms"] < timeline["span_ms"] and timeline["concurrent_ms"] >= 0
+    assert sum(timeline["no_op_after"].values()) <= timeline["no_op_ms"] + 0.01
+    table = [line for line in out.stderr.splitlines() if " ms " in line]
+    assert len(table) == 5 and table[-1].startswith("the ops span ")  # 4 kinds, the timeline
 
 
 def test_bench_step_compares_xla_options_in_fresh_processes(tmp_path):

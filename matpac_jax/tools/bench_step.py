@@ -16,7 +16,9 @@ jitted 2048^2 matmul in the same dtype with XLA's default options: on a CPU it i
 XLA reaches, so the ratio says how much of the machine the step uses.
 
 `--profile N` lists the N ops of one step that took longest (jax.profiler trace): time, share
-of the step, the HLO op and, for a fusion, the ops it fuses.
+of the step, the HLO op and, for a fusion, the ops it fuses; then how the ops fill the step's
+timeline: the time with no op running (and the ops it follows: on a CPU, the dots XLA runs
+asynchronously, outside YNNPACK, do their work there) and the time with two or more at once.
 
 `--xla_flags FLAGS` (repeatable) compares XLA options in one command: the step runs in a fresh
 process with the default options and then in one per FLAGS (added to XLA_FLAGS); each reports
@@ -120,13 +122,10 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str, int]]:
     return ops
 
 
-def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
-    """The `top` kinds of XLA op of one call of `fn(*args)` by self time (jax.profiler trace).
+def profile_ops(fn, *args, hlo_text: str, top: int) -> dict:
+    """Profiles one call of `fn(*args)` (jax.profiler trace): `summarise_ops` of its XLA op events.
 
-    Ops are grouped by kind (`hlo_ops`: opcode, or fusion stem and fused ops): `ops` of them, run
-    `runs` times in all. Time is summed over runs and threads; `share` is the fraction of the
-    summed time of all the call's ops; `largest` is the kind's longest op and its shape. On an
-    accelerator the device's timeline is used, on a CPU the XLA threads'.
+    On an accelerator the device's timeline is used, on a CPU the XLA threads'.
     """
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -136,26 +135,76 @@ def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
             jax.block_until_ready(fn(*args))
         (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
         data = jax.profiler.ProfileData.from_file(path)
-    per_plane = collections.defaultdict(collections.Counter)
-    runs = collections.Counter()
+    per_plane = collections.defaultdict(list)
     for plane in data.planes:
         for line in plane.lines:
             for event in line.events:
                 if event.name in ops:
-                    per_plane[plane.name][event.name] += event.duration_ns
-                    runs[event.name] += 1
+                    start = event.start_ns
+                    per_plane[plane.name].append((start, start + event.duration_ns, event.name))
     if not per_plane:
         raise RuntimeError("the profile has no XLA op events (no profiler on this backend?)")
     devices = [p for p in per_plane if p.startswith("/device:")]
-    times = per_plane[max(devices or per_plane, key=lambda p: sum(per_plane[p].values()))]
+    events = per_plane[
+        max(devices or per_plane, key=lambda p: sum(e - s for s, e, _ in per_plane[p]))
+    ]
+    return summarise_ops(events, ops, top)
+
+
+def summarise_ops(events: list[tuple[int, int, str]], ops: dict, top: int) -> dict:
+    """The `top` kinds of op by self time, and how the ops fill the timeline.
+
+    Args:
+      events: (start_ns, end_ns, instruction name) of every op event of the call, all threads.
+      ops: `hlo_ops` of the program.
+      top: how many kinds to list.
+
+    Returns:
+      {"top_ops": rows, "timeline": {...}}. Rows group ops by kind (`hlo_ops`: opcode, or
+      fusion stem and fused ops): `ops` of them, run `runs` times in all; `ms` is their time
+      summed over runs and threads, `share` its fraction of the summed time of all the call's
+      ops, `largest` the kind's longest op and its shape. `gap_ms` is time when no op was
+      running, right after one of this kind ended: on a CPU, XLA runs a dot it does not hand to
+      YNNPACK (the weight gradients, for one) asynchronously, so its event ends when the dot is
+      dispatched and its work runs on in that gap. `gflop_per_s` divides a kind's dot FLOPs by
+      `ms + gap_ms`. The timeline: `span_ms` from the first op's start to the last op's end,
+      `no_op_ms` of it with no op event open, `concurrent_ms` with two or more.
+    """
+    if not events:
+        raise ValueError("no op events to summarise")
+    events = sorted(events)
+    # Sweep the starts and ends: time with 0 / 2+ ops open; each idle gap goes to the op whose
+    # end opened it.
+    points = sorted(
+        [(s, 1, i) for i, (s, _, _) in enumerate(events)]
+        + [(e, -1, i) for i, (_, e, _) in enumerate(events)]
+    )
+    gap_after = collections.Counter()
+    open_ops, last_t, last_closed = 0, points[0][0], None
+    no_op = concurrent = 0
+    for t, delta, i in points:
+        if open_ops == 0 and last_closed is not None and t > last_t:
+            no_op += t - last_t
+            gap_after[events[last_closed][2]] += t - last_t
+        elif open_ops >= 2:
+            concurrent += t - last_t
+        open_ops += delta
+        last_t = t
+        if open_ops == 0:
+            last_closed = i
+    times, runs = collections.Counter(), collections.Counter()
+    for s, e, name in events:
+        times[name] += e - s
+        runs[name] += 1
     total = sum(times.values())
-    groups = collections.defaultdict(lambda: {"ns": 0, "ops": 0, "runs": 0, "flops": 0})
+    groups = collections.defaultdict(lambda: {"ns": 0, "gap": 0, "ops": 0, "runs": 0, "flops": 0})
     for name, ns in times.items():
         shape, kind, flops = ops[name]
         g = groups[kind]
         if ns > g.get("largest_ns", -1):
             g["largest_ns"], g["largest"] = ns, f"{name} {shape}"
         g["ns"] += ns
+        g["gap"] += gap_after[name]
         g["ops"] += 1
         g["runs"] += runs[name]
         g["flops"] += flops * runs[name]
@@ -167,10 +216,26 @@ def profile_ops(fn, *args, hlo_text: str, top: int) -> list[dict]:
             "share": round(g["ns"] / total, 4),
         }
         row.update(ops=g["ops"], runs=g["runs"], largest=g["largest"][:100])
+        if g["gap"]:
+            row["gap_ms"] = round(g["gap"] / 1e6, 2)
         if g["flops"]:
-            row["gflop_per_s"] = round(g["flops"] / g["ns"], 1)
+            row["gflop_per_s"] = round(g["flops"] / (g["ns"] + g["gap"]), 1)
         rows.append(row)
-    return rows
+    span = max(e for _, e, _ in events) - events[0][0]
+    timeline = {
+        "span_ms": round(span / 1e6, 2),
+        "no_op_ms": round(no_op / 1e6, 2),
+        "concurrent_ms": round(concurrent / 1e6, 2),
+        "no_op_after": {k: round(v / 1e6, 2) for k, v in _top_kinds(gap_after, ops, 5)},
+    }
+    return {"top_ops": rows, "timeline": timeline}
+
+
+def _top_kinds(per_op: collections.Counter, ops: dict, n: int) -> list[tuple[str, int]]:
+    by_kind = collections.Counter()
+    for name, ns in per_op.items():
+        by_kind[ops[name][1][:120]] += ns
+    return by_kind.most_common(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +298,7 @@ def bench(
         "program_sha1": hashlib.sha1(compiled.as_text().encode()).hexdigest()[:12],
     }
     if profile:
-        out["top_ops"] = profile_ops(run, x, hlo_text=compiled.as_text(), top=profile)
+        out.update(profile_ops(run, x, hlo_text=compiled.as_text(), top=profile))
     return out
 
 
@@ -333,10 +398,20 @@ def compare_flags(argv: list[str], settings: list[str], matmul_n: int, timeout: 
 
 def _print_table(result: dict) -> None:
     for row in result.get("top_ops", ()):
+        gap = row.get("gap_ms", 0)
+        gap = f", then {gap} ms with no op running" if gap >= 1 else ""
         rate = f", {row['gflop_per_s']} GFLOP/s" if "gflop_per_s" in row else ""
         print(
             f"{row['ms']:10.2f} ms {100 * row['share']:5.1f}% {row['ops']:4d} ops {row['kind']} "
-            f"(largest {row['largest']}{rate})",
+            f"(largest {row['largest']}{gap}{rate})",
+            file=sys.stderr,
+        )
+    if "timeline" in result:
+        t = result["timeline"]
+        print(
+            f"the ops span {t['span_ms']} ms: {t['no_op_ms']} ms with no op running (after "
+            + ", ".join(f"{k}: {v} ms" for k, v in t["no_op_after"].items())
+            + f"), {t['concurrent_ms']} ms with two or more at once",
             file=sys.stderr,
         )
     for r in result.get("runs", ()):
