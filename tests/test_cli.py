@@ -17,6 +17,7 @@ import soundfile as sf
 from conftest import subprocess_env, write_mel_dataset
 
 from matpac_jax import cli
+from matpac_jax.tools import bench_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = "matpac_jax.train"
@@ -402,6 +403,17 @@ def test_bench_step_takes_the_trainers_overrides_and_profiles(tmp_path):
     assert result["step_ms"] > 0 and 0 < result["step_over_matmul"] == pytest.approx(
         result["step_tflop_per_s"] / result["matmul_64_tflop_per_s"], rel=0.01
     )
+    # The step and the matmul took turns; each round's ratio is its own step over its own matmul.
+    rounds = result["rounds"]
+    assert len(rounds) == bench_step.ROUNDS
+    for r in rounds:
+        assert r["step_ms"] > 0 and r["step_over_matmul"] == pytest.approx(
+            result["step_tflop_per_s"]
+            * result["step_ms"]
+            / r["step_ms"]
+            / r["matmul_64_tflop_per_s"],
+            rel=0.01,
+        )
     shares = [row["share"] for row in result["top_ops"]]
     assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert all(row["runs"] >= row["ops"] >= 1 and row["kind"] for row in result["top_ops"])

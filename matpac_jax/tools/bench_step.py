@@ -13,7 +13,9 @@ The step is the trainer's own (`train_step.make_train_step`, jitted, state donat
 normalised crops, configured as the trainer is (`--config.KEY=VALUE` overrides, checked the
 same way); its FLOPs come from XLA's cost analysis of the compiled step. The reference rate is a
 jitted 2048^2 matmul in the same dtype with XLA's default options: on a CPU it is about the best
-XLA reaches, so the ratio says how much of the machine the step uses.
+XLA reaches, so the ratio says how much of the machine the step uses. The two take turns (four
+rounds, each listed in `rounds`): on a shared machine another tenant's load moves the matmul's
+rate by 10% or more between minutes, and timing it apart from the step moved the ratio with it.
 
 `--profile N` lists the N ops of one step that took longest (jax.profiler trace): time, share
 of the step, the HLO op and, for a fusion, the ops it fuses; then how the ops fill the step's
@@ -49,30 +51,49 @@ from matpac_jax import cli, config_lib
 # parent of an --xla_flags comparison never imports it, each child sets its XLA_FLAGS first.
 
 GRAD_RTOL = 1e-5  # a setting is numerically `equal` to the default within this
+# The step and the matmul take turns this many times, so that a change in the load of a shared
+# machine (another tenant's work in the same L3 and memory) slows both, not one.
+ROUNDS = 4
 
 
-def _time(fn, *args, seconds: float, min_runs: int = 3) -> float:
-    """Median seconds per call of a jitted function (outputs blocked on)."""
+def _times(fn, *args, seconds: float, min_runs: int = 3, warm_up: bool = True) -> list[float]:
+    """Seconds of each call of a jitted function (outputs blocked on) over a `seconds` window."""
     import jax  # pylint: disable=g-import-not-at-top
 
-    jax.block_until_ready(fn(*args))
+    if warm_up:
+        jax.block_until_ready(fn(*args))
     times = []
     start = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start < seconds:
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
-def matmul_rate(n: int, dtype, seconds: float) -> float:
-    """FLOP/s of an (n, n) @ (n, n) jitted matmul."""
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def _time(fn, *args, seconds: float, min_runs: int = 3) -> float:
+    """Median seconds per call of a jitted function (outputs blocked on)."""
+    return _median(_times(fn, *args, seconds=seconds, min_runs=min_runs))
+
+
+def _matmul(n: int, dtype):
+    """A jitted (n, n) @ (n, n) matmul, its two operands and its FLOPs."""
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    return 2 * n**3 / _time(jax.jit(jnp.matmul), a, b, seconds=seconds)
+    return jax.jit(jnp.matmul), (a, b), 2 * n**3
+
+
+def matmul_rate(n: int, dtype, seconds: float) -> float:
+    """FLOP/s of an (n, n) @ (n, n) jitted matmul."""
+    fn, args, flops = _matmul(n, dtype)
+    return flops / _time(fn, *args, seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,12 +264,21 @@ def _top_kinds(per_op: collections.Counter, ops: dict, n: int) -> list[tuple[str
 
 
 def bench(
-    config, batch_size: int, seconds: float, *, profile: int = 0, grads_out: str | None = None
+    config,
+    batch_size: int,
+    seconds: float,
+    *,
+    profile: int = 0,
+    grads_out: str | None = None,
+    matmul_n: int | None = None,
 ) -> dict:
     """Times the trainer's step at `batch_size` in this process (with this process's XLA options).
 
-    With `grads_out`, first saves the loss and the gradients of the initial state on the timed
-    batch (and the step's own mask) there, as an .npz, for comparison across XLA options.
+    With `matmul_n`, the step and an (n, n) matmul in the step's dtype take turns (`ROUNDS`
+    times): the medians of all their calls give `step_ms` and the matmul's rate, and `rounds`
+    each round's own figures, to show the spread. With `grads_out`, first saves the loss and the
+    gradients of the initial state on the timed batch (and the step's own mask) there, as an
+    .npz, for comparison across XLA options.
     """
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
@@ -282,7 +312,18 @@ def bench(
         holder["state"], metrics = compiled(holder["state"], batch)
         return metrics["loss"]
 
-    step_s = _time(run, x, seconds=seconds)
+    if matmul_n:
+        mm_fn, mm_args, mm_flops = _matmul(matmul_n, jax.numpy.dtype(model_cfg.dtype))
+        jax.block_until_ready(mm_fn(*mm_args))
+        step_times, mm_times, rounds = [], [], []
+        for i in range(ROUNDS):
+            s = _times(run, x, seconds=seconds / ROUNDS, min_runs=1, warm_up=i == 0)
+            m = _times(mm_fn, *mm_args, seconds=min(seconds, 5.0) / ROUNDS)
+            step_times, mm_times = step_times + s, mm_times + m
+            rounds.append((_median(s), mm_flops / _median(m)))
+        step_s = _median(step_times)
+    else:
+        step_s = _time(run, x, seconds=seconds)
     out = {
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
@@ -297,6 +338,16 @@ def bench(
         # The compiled program's fingerprint: equal for options that change nothing in it.
         "program_sha1": hashlib.sha1(compiled.as_text().encode()).hexdigest()[:12],
     }
+    if matmul_n:
+        out = _with_matmul(out, mm_flops / _median(mm_times), matmul_n)
+        out["rounds"] = [
+            {
+                "step_ms": round(t * 1e3, 2),
+                f"matmul_{matmul_n}_tflop_per_s": round(mm / 1e12, 6),
+                "step_over_matmul": round(flops / t / mm, 3),
+            }
+            for t, mm in rounds
+        ]
     if profile:
         out.update(profile_ops(run, x, hlo_text=compiled.as_text(), top=profile))
     return out
@@ -485,15 +536,14 @@ def _main(argv=None) -> int:
         result = compare_flags(child_argv, args.xla_flags, args.matmul_n, args.timeout)
     else:
         result = bench(
-            config, args.batch_size, args.seconds, profile=args.profile, grads_out=args._grads_out
+            config,
+            args.batch_size,
+            args.seconds,
+            profile=args.profile,
+            grads_out=args._grads_out,
+            # a child's parent times the matmul, with default options
+            matmul_n=None if args._grads_out else args.matmul_n,
         )
-        if args._grads_out is None:  # a child's parent times the matmul with default options
-            import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-            mm = matmul_rate(
-                args.matmul_n, jnp.dtype(result["compute_dtype"]), min(args.seconds, 5.0)
-            )
-            result = _with_matmul(result, mm, args.matmul_n)
     _print_table(result)
     print(json.dumps(result, indent=1))
     return 0
