@@ -134,14 +134,17 @@ class Attention(nnx.Module):
 
 
 def _attention(qkv: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(dh)) v of (B, N, 3, H, dh) -> (B, N, H, dh), the maths of
-    `jax.nn.dot_product_attention`'s XLA path (logits and softmax in float32, probabilities cast
-    back to v's dtype) on head-major operands: one transpose in, one out. On XLA's CPU backend
-    its forward and backward are ~20% faster than that function's (docs/PERFORMANCE.md, issue 24).
+    """softmax((q / sqrt(dh)) k^T) v of (B, N, 3, H, dh) -> (B, N, H, dh), on head-major
+    operands: one transpose in, one out. Logits and softmax in float32, probabilities cast back
+    to v's dtype, as in `jax.nn.dot_product_attention`'s XLA path; q is scaled before the
+    product, as in the reference (timm's `q = q * scale`), rather than the (B, H, N, N) logits
+    after it. On XLA's CPU backend its forward and backward are ~25% faster than that function's
+    (docs/PERFORMANCE.md, issue 24).
     """
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (B, H, N, dh)
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits * (q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
 
 
