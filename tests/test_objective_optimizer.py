@@ -63,6 +63,11 @@ def test_clip_by_global_norm_uses_the_given_norm(max_norm):
     clip = optimizer.clip_by_global_norm(max_norm)
     state = clip.init(grads)
     want, _ = optax.clip_by_global_norm(max_norm).update(grads, state)
+    # optax's clip agrees with the float64 definition g * min(1, max_norm / ||g||).
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(
+            w, np.asarray(g, np.float64) * min(1.0, max_norm / norm), rtol=1e-6
+        )
     for given in (None, jnp.float32(norm)):
         got, _ = clip.update(grads, state, grad_norm=given)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

@@ -138,8 +138,8 @@ def _attention(qkv: jax.Array) -> jax.Array:
     operands: one transpose in, one out. Logits and softmax in float32, probabilities cast back
     to v's dtype, as in `jax.nn.dot_product_attention`'s XLA path; q is scaled before the
     product, as in the reference (timm's `q = q * scale`), rather than the (B, H, N, N) logits
-    after it. On XLA's CPU backend its forward and backward are ~25% faster than that function's
-    (docs/PERFORMANCE.md, issue 24).
+    after it. On XLA's CPU backend it is ~30% faster than that function forward and 8-20% faster
+    forward and backward (docs/PERFORMANCE.md, issue 24).
     """
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (B, H, N, dh)
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)

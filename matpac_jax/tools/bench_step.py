@@ -16,6 +16,8 @@ jitted 2048^2 matmul in the same dtype with XLA's default options: on a CPU it i
 XLA reaches, so the ratio says how much of the machine the step uses. The two take turns (four
 rounds, each listed in `rounds`): on a shared machine another tenant's load moves the matmul's
 rate by 10% or more between minutes, and timing it apart from the step moved the ratio with it.
+(With `--xla_flags` the steps run in child processes and the matmul is timed once, after them:
+those runs are for the speed-ups between settings.)
 
 `--profile N` lists the N ops of one step that took longest (jax.profiler trace): time, share
 of the step, the HLO op and, for a fusion, the ops it fuses; then how the ops fill the step's
@@ -318,7 +320,7 @@ def bench(
         step_times, mm_times, rounds = [], [], []
         for i in range(ROUNDS):
             s = _times(run, x, seconds=seconds / ROUNDS, min_runs=1, warm_up=i == 0)
-            m = _times(mm_fn, *mm_args, seconds=min(seconds, 5.0) / ROUNDS)
+            m = _times(mm_fn, *mm_args, seconds=min(seconds, 5.0) / ROUNDS, warm_up=False)
             step_times, mm_times = step_times + s, mm_times + m
             rounds.append((_median(s), mm_flops / _median(m)))
         step_s = _median(step_times)
