@@ -36,7 +36,8 @@ The rules:
     * counts, batch sizes, timing windows and worker counts get ceilings: demo_corpus
       `--num_pretrain 8 --num_labelled 72 --num_tagging 8 --num_workers 0`; preprocess `--num_workers 0`;
       bench_input `--batch_size 4 --seconds 0.5 --workers 0 --preprocess_files 2
-      --preprocess_workers 0`; bench_step `--batch_size 4 --seconds 0.2 --matmul_n 256`; cost
+      --preprocess_workers 0`; bench_step `--batch_size 4 --seconds 0.2 --matmul_n 256`;
+      bench_attention `--batch_size 2 --seconds 0.05 --matmul_n 256`; cost
       `--batch_size 8`; probe `--seeds 1`. A flag the command leaves out is added with that
       value (a smaller value the command gives stays);
     * everything else (python blocks, other modules, `--help`) passes through unchanged.

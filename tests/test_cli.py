@@ -282,6 +282,26 @@ BAD_TOOLS = {
         "look like --config.model.depth=VALUE",
     ),
     "missing required flag": ("tools.cost", ["--batch_size", "2"], "--config"),
+    "bench_attention with a malformed shape": (
+        "tools.bench_attention",
+        ["--shape", "8,191,16"],
+        "expected four positive integers B,N,H,dh",
+    ),
+    "bench_attention with neither a config nor a shape": (
+        "tools.bench_attention",
+        ["--seconds", "1"],
+        "give either --config with --batch_size, or --shape",
+    ),
+    "bench_attention with a config and no batch size": (
+        "tools.bench_attention",
+        ["--config", "{cfg}"],
+        "--config needs --batch_size",
+    ),
+    "bench_attention with a misspelt config key": (
+        "tools.bench_attention",
+        ["--config", "{cfg}", "--batch_size", "2", "--config.model.dept=4"],
+        "--config.model.dept: no such config key",
+    ),
 }
 
 
@@ -439,3 +459,65 @@ def test_bench_step_compares_xla_options_in_fresh_processes(tmp_path):
     assert same["equal"] and same["grad_rel"] == 0.0 and same["loss_rel"] == 0.0
     assert same["same_program"] and same["program_sha1"] == default["program_sha1"]
     assert "no_such_option" in broken["error"]  # a failing setting is reported, not fatal
+
+
+def test_bench_attention_times_the_steps_own_shapes(tmp_path):
+    # 80 mels x 64 frames: 5 x 4 = 20 patches; ratio 0.7 leaves int(20 * 0.3) = 6 visible.
+    # The student sees 6 + cls, the teacher 14 + cls, the predictor all 20 + cls.
+    overrides = [
+        "--config.data.crop_frames=64",
+        "--config.model.mask_ratio=0.7",
+        "--config.model.depth=2",
+        "--config.model.pred_depth=3",
+        "--config.model.pred_num_heads=4",
+    ]
+    args = ["--config", _config(tmp_path), "--batch_size", "2", "--seconds", "0.05"]
+    out = _run(
+        "matpac_jax.tools.bench_attention", [*args, "--matmul_n", "64", *overrides], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    rows = {tuple(row["shape"]): row for row in result["shapes"]}
+    # runlocal: width 32 in 2 heads of 16; the predictor's 32 in 4 heads of 8.
+    assert {shape: row["calls"] for shape, row in rows.items()} == {
+        (2, 7, 2, 16): 2,  # the student's two layers
+        (2, 15, 2, 16): 2,  # the teacher's
+        (2, 21, 4, 8): 3,  # the predictor's three
+    }
+    matmul = result["matmul_64_tflop_per_s"] * 1e12
+    for (b, n, h, dh), row in rows.items():
+        assert row["gflop_fwd"] == pytest.approx(4 * b * h * n * n * dh / 1e9, abs=1e-4)
+        for name in ("ours", "xla_dot_product_attention"):
+            r = row[name]
+            assert 0 < r["fwd_ms"] and 0 < r["fwd_bwd_ms"]
+            fwd_rate = 4 * b * h * n * n * dh / (r["fwd_ms"] / 1e3)
+            assert r["fwd_of_matmul"] == pytest.approx(fwd_rate / matmul, rel=0.02, abs=2e-3)
+            both_rate = 3 * 4 * b * h * n * n * dh / (r["fwd_bwd_ms"] / 1e3)
+            assert r["fwd_bwd_of_matmul"] == pytest.approx(both_rate / matmul, rel=0.02, abs=2e-3)
+        # Same maths, two programs: equal to float32 rounding.
+        assert row["xla_dot_product_attention"]["max_rel_diff"] < 1e-5
+    table = [line for line in out.stderr.splitlines() if "of the matmul" in line]
+    assert len(table) == 6 and "3 calls a step" in out.stderr
+
+
+def test_bench_attention_against_pytorchs_fused_kernel(tmp_path):
+    pytest.importorskip("torch")
+    args = ["--shape", "2,9,3,4", "--shape", "1,5,1,8", "--torch", "--seconds", "0.05"]
+    out = _run("matpac_jax.tools.bench_attention", [*args, "--matmul_n", "64"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout)["shapes"]
+    assert [row["shape"] for row in rows] == [[2, 9, 3, 4], [1, 5, 1, 8]]
+    for row in rows:
+        assert "calls" not in row and row["torch_sdpa"]["fwd_bwd_ms"] > 0
+        assert row["torch_sdpa"]["max_rel_diff"] < 1e-5
+
+
+def test_bench_attention_says_torch_is_not_a_dependency(tmp_path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("PyTorch is installed")
+    out = _run("matpac_jax.tools.bench_attention", ["--shape", "1,5,1,8", "--torch"], tmp_path)
+    _one_line_error(out, "matpac_jax.tools.bench_attention", "not a dependency of this package")

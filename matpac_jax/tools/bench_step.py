@@ -58,7 +58,7 @@ GRAD_RTOL = 1e-5  # a setting is numerically `equal` to the default within this
 ROUNDS = 4
 
 
-def _times(fn, *args, seconds: float, min_runs: int = 3, warm_up: bool = True) -> list[float]:
+def call_times(fn, *args, seconds: float, min_runs: int = 3, warm_up: bool = True) -> list[float]:
     """Seconds of each call of a jitted function (outputs blocked on) over a `seconds` window."""
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -73,16 +73,16 @@ def _times(fn, *args, seconds: float, min_runs: int = 3, warm_up: bool = True) -
     return times
 
 
-def _median(xs: list[float]) -> float:
+def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-def _time(fn, *args, seconds: float, min_runs: int = 3) -> float:
+def median_time(fn, *args, seconds: float, min_runs: int = 3) -> float:
     """Median seconds per call of a jitted function (outputs blocked on)."""
-    return _median(_times(fn, *args, seconds=seconds, min_runs=min_runs))
+    return median(call_times(fn, *args, seconds=seconds, min_runs=min_runs))
 
 
-def _matmul(n: int, dtype):
+def matmul_fn(n: int, dtype):
     """A jitted (n, n) @ (n, n) matmul, its two operands and its FLOPs."""
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -94,8 +94,8 @@ def _matmul(n: int, dtype):
 
 def matmul_rate(n: int, dtype, seconds: float) -> float:
     """FLOP/s of an (n, n) @ (n, n) jitted matmul."""
-    fn, args, flops = _matmul(n, dtype)
-    return flops / _time(fn, *args, seconds=seconds)
+    fn, args, flops = matmul_fn(n, dtype)
+    return flops / median_time(fn, *args, seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +265,42 @@ def _top_kinds(per_op: collections.Counter, ops: dict, n: int) -> list[tuple[str
 # The step, in this process.
 
 
+def trainable_config(spec: str, overrides: list[str]):
+    """The config file `spec` with its `--config.KEY=VALUE` overrides, checked as the trainer
+    checks it: a benchmarked config is a trainable one."""
+    config = config_lib.load_config(spec)
+    unknown = config_lib.apply_overrides(config, overrides)
+    if unknown:
+        raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
+
+    train.check_config(config)
+    return config
+
+
+def step_parts(config, batch_size: int) -> tuple:
+    """(model config, step config, schedules, optimiser) of the trainer's step for `config` at
+    `batch_size`, built as the trainer builds them (sets `config.batch_size`)."""
+    from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import step as ts  # pylint: disable=g-import-not-at-top
+    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
+
+    with config.unlocked():
+        config.batch_size = batch_size
+    model_cfg = train.model_config(config, {"front_end": {"n_mels": config.data.num_mels}})
+    sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
+    tx = optimizer.make_optimizer(config.optim, sched.lr)
+    return model_cfg, ts.StepConfig.from_config(config), sched, tx
+
+
+def random_crops(config, batch_size: int):
+    """A batch of random normal crops of the config's input shape (B, mels, frames)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    shape = (batch_size, config.data.num_mels, config.data.crop_frames)
+    return jax.random.normal(jax.random.key(1), shape)
+
+
 def bench(
     config,
     batch_size: int,
@@ -285,20 +321,11 @@ def bench(
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from matpac_jax.objective import optimizer  # pylint: disable=g-import-not-at-top
     from matpac_jax.train import step as ts  # pylint: disable=g-import-not-at-top
-    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
-    with config.unlocked():
-        config.batch_size = batch_size
-    model_cfg = train.model_config(config, {"front_end": {"n_mels": config.data.num_mels}})
-    sched, _ = train.run_schedules(config, config_lib.PAPER_NUM_CLIPS)
-    tx = optimizer.make_optimizer(config.optim, sched.lr)
-    step_cfg = ts.StepConfig.from_config(config)
+    model_cfg, step_cfg, sched, tx = step_parts(config, batch_size)
     state = jax.jit(lambda k: ts.init_state(k, model_cfg, tx))(jax.random.key(0))
-    x = jax.random.normal(
-        jax.random.key(1), (batch_size, config.data.num_mels, config.data.crop_frames)
-    )
+    x = random_crops(config, batch_size)
     if grads_out:
         (loss, _), grads = jax.jit(ts.make_loss_and_grads(model_cfg, step_cfg, sched, 0))(state, x)
         flat = jax.tree_util.tree_flatten_with_path(jax.device_get(grads))[0]
@@ -315,17 +342,17 @@ def bench(
         return metrics["loss"]
 
     if matmul_n:
-        mm_fn, mm_args, mm_flops = _matmul(matmul_n, jax.numpy.dtype(model_cfg.dtype))
+        mm_fn, mm_args, mm_flops = matmul_fn(matmul_n, jax.numpy.dtype(model_cfg.dtype))
         jax.block_until_ready(mm_fn(*mm_args))
         step_times, mm_times, rounds = [], [], []
         for i in range(ROUNDS):
-            s = _times(run, x, seconds=seconds / ROUNDS, min_runs=1, warm_up=i == 0)
-            m = _times(mm_fn, *mm_args, seconds=min(seconds, 5.0) / ROUNDS, warm_up=False)
+            s = call_times(run, x, seconds=seconds / ROUNDS, min_runs=1, warm_up=i == 0)
+            m = call_times(mm_fn, *mm_args, seconds=min(seconds, 5.0) / ROUNDS, warm_up=False)
             step_times, mm_times = step_times + s, mm_times + m
-            rounds.append((_median(s), mm_flops / _median(m)))
-        step_s = _median(step_times)
+            rounds.append((median(s), mm_flops / median(m)))
+        step_s = median(step_times)
     else:
-        step_s = _time(run, x, seconds=seconds)
+        step_s = median_time(run, x, seconds=seconds)
     out = {
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
@@ -341,7 +368,7 @@ def bench(
         "program_sha1": hashlib.sha1(compiled.as_text().encode()).hexdigest()[:12],
     }
     if matmul_n:
-        out = _with_matmul(out, mm_flops / _median(mm_times), matmul_n)
+        out = _with_matmul(out, mm_flops / median(mm_times), matmul_n)
         out["rounds"] = [
             {
                 "step_ms": round(t * 1e3, 2),
@@ -522,13 +549,7 @@ def _main(argv=None) -> int:
         raise cli.UserError(
             "--batch_size and --matmul_n must be at least 1, --seconds above 0, --profile >= 0"
         )
-    config = config_lib.load_config(args.config)
-    unknown = config_lib.apply_overrides(config, rest)
-    if unknown:
-        raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
-    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
-
-    train.check_config(config)  # the trainer's checks: a benchmarked config is a trainable one
+    config = trainable_config(args.config, rest)
     if args.xla_flags:
         child_argv = [
             *("--config", args.config, "--batch_size", str(args.batch_size)),

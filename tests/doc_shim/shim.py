@@ -41,6 +41,7 @@ CAPS = {
         "--preprocess_workers": 0,
     },
     "matpac_jax.tools.bench_step": {"--batch_size": 4, "--seconds": 0.2, "--matmul_n": 256},
+    "matpac_jax.tools.bench_attention": {"--batch_size": 2, "--seconds": 0.05, "--matmul_n": 256},
     "matpac_jax.tools.cost": {"--batch_size": 8},
     "matpac_jax.evaluation.probe": {"--seeds": 1},
 }
