@@ -292,6 +292,11 @@ BAD_TOOLS = {
         ["--seconds", "1"],
         "give either --config with --batch_size, or --shape",
     ),
+    "bench_attention with a shape and a config override": (
+        "tools.bench_attention",
+        ["--shape", "2,5,1,4", "--config.model.depth=2"],
+        "--config.model.depth=2: goes with --config, not with --shape",
+    ),
     "bench_attention with a config and no batch size": (
         "tools.bench_attention",
         ["--config", "{cfg}"],

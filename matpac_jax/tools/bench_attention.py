@@ -215,7 +215,8 @@ def _main(argv=None) -> int:
             ) from e
     if args.shape:
         if rest or args.batch_size is not None:
-            raise cli.UserError(f"with --shape, no {' '.join(rest) or '--batch_size'}")
+            given = " ".join(rest) or "--batch_size"
+            raise cli.UserError(f"{given}: goes with --config, not with --shape")
         shapes = {parse_shape(s): None for s in args.shape}
     else:
         if args.batch_size is None or args.batch_size < 1:
