@@ -25,6 +25,7 @@ Prints one JSON object (and, for the eye, a table on stderr).
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 from unittest import mock
@@ -61,19 +62,19 @@ def step_shapes(config, batch_size: int) -> dict[tuple[int, int, int, int], int]
             "attention (attention_impl=None)"
         )
     state = jax.eval_shape(lambda k: ts.init_state(k, model_cfg, tx), jax.random.key(0))
-    x = jax.ShapeDtypeStruct(bench_step.random_crops(config, batch_size).shape, jax.numpy.float32)
-    calls: dict[tuple[int, int, int, int], int] = {}
+    x = jax.eval_shape(lambda: bench_step.random_crops(config, batch_size))
+    calls = collections.Counter()
     attention = vit._attention  # pylint: disable=protected-access
 
     def recorded(qkv):
         b, n, _, h, dh = qkv.shape
-        calls[(b, n, h, dh)] = calls.get((b, n, h, dh), 0) + 1
+        calls[(b, n, h, dh)] += 1
         return attention(qkv)
 
     # Every attention layer calls `vit._attention` through the module: patched, it sees them all.
     with mock.patch.object(vit, "_attention", recorded):
         jax.eval_shape(ts.make_loss_and_grads(model_cfg, step_cfg, sched, 0), state, x)
-    return calls
+    return dict(calls)
 
 
 def _rates(flops: float, fwd_s: float, fwd_bwd_s: float, matmul: float) -> dict:

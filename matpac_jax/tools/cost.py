@@ -24,7 +24,8 @@ import os
 import re
 import sys
 
-from matpac_jax import cli, config_lib  # neither imports jax: XLA_FLAGS can still be set
+from matpac_jax import cli, config_lib  # none of these imports jax: XLA_FLAGS can still be set
+from matpac_jax.tools import bench_step
 
 PAPER_GFLOP_PER_EXAMPLE = 93.0  # docs/method.md, section 9, the paper's ViT-B configuration
 
@@ -161,19 +162,15 @@ def _main(argv=None) -> int:
         raise cli.UserError(f"--mesh {args.mesh}: takes two positive integers, data,fsdp")
     if args.batch_size < 1:
         raise cli.UserError(f"--batch_size {args.batch_size}: must be at least 1")
-    config = config_lib.load_config(args.config)
-    unknown = config_lib.apply_overrides(config, rest)  # --config.KEY=VALUE, as the trainer
-    if unknown:
-        raise cli.UserError(f"unrecognized arguments: {' '.join(unknown)}")
     devices = math.prod(mesh_shape)
     if devices > 1 and "jax" not in sys.modules:  # fake devices must exist before jax starts
         os.environ["XLA_FLAGS"] = cli.xla_flags_with_device_count(
             os.environ.get("XLA_FLAGS"), devices
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from matpac_jax.train import trainer as train  # pylint: disable=g-import-not-at-top (jax: after XLA_FLAGS)
-
-    train.check_config(config)  # the trainer's checks: an analysed config is a trainable one
+    # --config.KEY=VALUE as for the trainer, and its checks: an analysed config is a trainable
+    # one (this imports the trainer, and jax: after XLA_FLAGS).
+    config = bench_step.trainable_config(args.config, rest)
     result = analyse(config, args.batch_size, mesh_shape, args.dtype)
     print(json.dumps(result, indent=1))
     return 0
