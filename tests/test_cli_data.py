@@ -241,6 +241,7 @@ MISTAKES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, args, says, absent", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES]
 )

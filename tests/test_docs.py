@@ -17,6 +17,7 @@ def doc_assets(tmp_path_factory):
     return doc_runner.Assets(tmp_path_factory.mktemp("doc_assets") / "assets", env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_blocks_run_as_written(doc, doc_assets, tmp_path):
     blocks = doc_runner.extract_blocks(doc)

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from numerics import assert_close, encoder_depth
 
 from matpac_jax import cli, config_lib, models
 from matpac_jax.audio import frontend as audio
@@ -108,22 +109,15 @@ def test_embeddings_of_cached_log_mels_equal_the_encoders(task_csv, tmp_path, mo
     assert ev.mels[key].shape == (33, 80, 98) and ev.mels[key].dtype == np.float32
     waves = [audio.load_audio(p) for p in probe_data.read_task(task_csv).paths]
     encoder = inference.Encoder.random(CFG, seed=3, normalization={"mean": -6.0, "std": 3.0})
-    # Two paths (one (n, F, T) array against a list of clips) are two compiled programs, whose
-    # float32 results differ in the last bits on some instruction sets: a float32 tolerance, on
-    # embeddings of unit scale, against a wrong padding or normalisation that differs at 1e-1.
-    np.testing.assert_allclose(
+    # Two paths (one (n, F, T) array against a list of clips) are two compiled programs: equal
+    # up to float32 rounding (tests/numerics.py), against a wrong padding or normalisation.
+    assert_close(
         evaluators.embed_mels(encoder, ev.mels[key]),
         encoder.embed(waves, 16_000),
-        rtol=1e-5,
-        atol=1e-6,
+        depth=encoder_depth(CFG.depth),
     )
     logmel = inference.LogMelBaseline()
-    np.testing.assert_allclose(
-        evaluators.embed_mels(logmel, ev.mels[key]),
-        logmel.embed(waves, 16_000),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    assert_close(evaluators.embed_mels(logmel, ev.mels[key]), logmel.embed(waves, 16_000), depth=2)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the log-mels should have come from the cache")

@@ -2,8 +2,9 @@
 timestamps, log-mels in and parameters swapped, resampling, loading (export, checkpoint-only
 workdir, random) and the log-mel baseline (matpac_jax/inference/clips.py).
 
-Tolerances: the encoder runs jitted (and batched) against an eager per-chunk reference; float32
-results agree to ~1e-6, the tests allow 1e-5 absolute on O(1) layer-normed features.
+Tolerances: the encoder runs jitted (and batched) against an eager per-chunk reference, and
+batched against alone: two programs each time, compared by tests/numerics.py's rule (rounding
+measured against the whole array's scale). One program on the same inputs is compared exactly.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import soxr
 from flax import nnx
+from numerics import assert_close, encoder_depth
 
 from matpac_jax import cli, models
 from matpac_jax.audio import frontend as audio
@@ -23,7 +25,7 @@ from matpac_jax.train import checkpoints as checkpointing
 
 CFG = models.model_config("mu")  # D = 32: 5 x 32 = 160 features per step
 MEAN, STD = -7.056, 4.193
-TOL = {"rtol": 1e-5, "atol": 1e-5}
+DEPTH = encoder_depth(CFG.depth)
 
 
 def _params(student):
@@ -72,8 +74,8 @@ def test_precise_mode_matches_direct_computation(student, encoder):
     want_steps = _direct(student, wave)
     assert want_steps.shape == (2, 44, 160)
     got = encoder.embed(wave, 16_000, layers=True, timestamps=True)
-    np.testing.assert_allclose(got.steps, want_steps, **TOL)
-    np.testing.assert_allclose(got.clip, want_steps.mean(axis=1), **TOL)
+    assert_close(got.steps, want_steps, depth=DEPTH)
+    assert_close(got.clip, want_steps.mean(axis=1), depth=DEPTH)
     # Step k spans frames 16k..16k+15; frame i is centred on sample 160 i + 200.
     centres = (160 * (16 * np.arange(44)[:, None] + np.arange(16)) + 200).mean(axis=1) / 16_000
     np.testing.assert_allclose(got.times, centres, rtol=0, atol=1e-12)
@@ -81,9 +83,9 @@ def test_precise_mode_matches_direct_computation(student, encoder):
 
     plain = encoder.embed(wave, 16_000)  # last layer, summed on the device
     assert plain.shape == (160,)
-    np.testing.assert_allclose(plain, got.clip[-1], rtol=1e-6, atol=1e-6)
+    assert_close(plain, got.clip[-1], depth=DEPTH)
     last = encoder.embed(wave, 16_000, timestamps=True)
-    np.testing.assert_allclose(last.steps, got.steps[-1], rtol=1e-6, atol=1e-6)
+    assert_close(last.steps, got.steps[-1], depth=DEPTH)
     # The pad value matters (the 4 padded frames reach every token of the last chunk).
     assert not np.allclose(_direct(student, wave, pad_value=-1.0)[-1, 38:], got.steps[-1, 38:])
 
@@ -96,13 +98,13 @@ def test_clip_embedding_does_not_depend_on_its_batch(encoder):
     ]  # the long clip's last chunk is 128 frames too: 6 chunks of 128 -> buckets of 4 and 2
     together = encoder.embed(batch, 16_000)
     assert together.shape == (6, 160)
-    np.testing.assert_allclose(together[1], alone, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(encoder.embed(batch[0], 16_000), together[0], rtol=0, atol=1e-5)
+    assert_close(together[1], alone, depth=DEPTH)
+    assert_close(encoder.embed(batch[0], 16_000), together[0], depth=DEPTH)
     stacked = encoder.embed(np.stack([short, batch[2]]), 16_000)  # (n, samples) array input
-    np.testing.assert_allclose(stacked, together[[1, 2]], rtol=0, atol=1e-5)
+    assert_close(stacked, together[[1, 2]], depth=DEPTH)
     ts = encoder.embed(batch, 16_000, timestamps=True)
     assert [s.shape[0] for s in ts.steps] == [46, 8, 8, 8, 8, 8]
-    np.testing.assert_allclose(ts.clip, together, rtol=0, atol=1e-5)
+    assert_close(ts.clip, together, depth=DEPTH)
 
 
 def test_embed_log_mels_and_load_params(student, encoder):
@@ -132,7 +134,7 @@ def test_resampling_to_16k(encoder):
 
     at_44k = encoder.embed(tones(44_100), 44_100)
     pre = soxr.resample(tones(44_100), 44_100, 16_000, quality="HQ")
-    np.testing.assert_allclose(at_44k, encoder.embed(pre, 16_000), rtol=0, atol=1e-6)
+    assert_close(at_44k, encoder.embed(pre, 16_000), depth=DEPTH)
     # The same continuous signal synthesised at 16 kHz: only the resampler's error remains.
     np.testing.assert_allclose(at_44k, encoder.embed(tones(16_000), 16_000), rtol=0, atol=1e-4)
     assert not np.allclose(at_44k, encoder.embed(tones(44_100), 16_000), atol=1e-2)
@@ -228,3 +230,16 @@ def test_log_mel_baseline_against_numpy():
     # A round trip through 22.05 kHz; the top band (7.8-8 kHz) meets the resampler's cut-off.
     keep = np.r_[0:79, 80:159]
     np.testing.assert_allclose(one[keep], got[0, keep], atol=0.05)
+
+
+def test_chunk_flops_counts_the_models_products(encoder):
+    # Independent count, the matmuls alone: per token 2 x the block weights (4 D^2 attention
+    # + 8 D^2 MLP per block) and the patch projection (256 x D); attention's two products add
+    # 4 N D per token per block. XLA also counts the element-wise work, a few percent more.
+    d, depth, n = CFG.width, CFG.depth, 5 * 64 // 16  # 80 mel bins x 64 frames: 20 patches
+    tokens = n + 1
+    matmuls = 2 * (depth * 12 * d * d * tokens + 256 * d * n) + depth * 4 * tokens * tokens * d
+    one = encoder.chunk_flops(64)
+    assert matmuls <= one <= 1.5 * matmuls, (one, matmuls)
+    assert encoder.chunk_flops(64, batch=4) == pytest.approx(4 * one, rel=0.01)
+    assert encoder.chunk_flops(128) > 1.9 * one  # twice the tokens, a little more attention

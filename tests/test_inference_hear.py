@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from numerics import assert_close, encoder_depth
 
 from matpac_jax.inference import hear
 from matpac_jax.inference.encoder import Encoder
 
+DEPTH = encoder_depth(2)  # random:mu, two blocks: two programs compare by tests/numerics.py
 SOUNDS = (0.1 * np.random.default_rng(0).normal(size=(3, 16_000))).astype(np.float32)
 
 
@@ -25,15 +27,15 @@ def test_hear_api_matches_encoder(encoder):
     assert model.scene_embedding_size == model.timestamp_embedding_size == 160
     scene = hear.get_scene_embeddings(SOUNDS, model)
     assert scene.shape == (3, 160) and scene.dtype == np.float32
-    np.testing.assert_allclose(scene[2], encoder.embed(SOUNDS[2], 16_000), rtol=0, atol=1e-5)
+    assert_close(scene[2], encoder.embed(SOUNDS[2], 16_000), depth=DEPTH)
 
     emb, ts = hear.get_timestamp_embeddings(SOUNDS.tolist(), model)  # any array-like
     steps = -(-(1 + (16_000 - 400) // 160) // 16)  # 98 frames -> padded to 112 -> 7 steps
     assert emb.shape == (3, steps, 160) and ts.shape == (3, steps)
     np.testing.assert_allclose(ts[1], 87.5 + 160 * np.arange(steps))  # centres, milliseconds
-    np.testing.assert_allclose(emb.mean(axis=1), scene, rtol=0, atol=1e-5)
+    assert_close(emb.mean(axis=1), scene, depth=DEPTH)
     alone = encoder.embed(SOUNDS[0], 16_000, timestamps=True)
-    np.testing.assert_allclose(emb[0], alone.steps, rtol=0, atol=1e-5)
+    assert_close(emb[0], alone.steps, depth=DEPTH)
 
     with pytest.raises(ValueError, match="n_sounds, n_samples"):
         hear.get_scene_embeddings(SOUNDS[0], model)
@@ -52,9 +54,9 @@ def test_a_finer_hop_interleaves_time_shifted_copies(encoder):
     for j in range(4):
         copy = np.concatenate([SOUNDS[1, j * 640 :], np.zeros(j * 640, np.float32)])
         want = encoder.embed(copy, 16_000, timestamps=True).steps
-        np.testing.assert_allclose(emb[1, j::4], want, rtol=0, atol=1e-5)
+        assert_close(emb[1, j::4], want, depth=DEPTH)
     coarse = hear.get_timestamp_embeddings(SOUNDS, hear.load_model("random:mu", hop_ms=160))
-    np.testing.assert_allclose(emb[:, ::4], coarse[0], rtol=0, atol=1e-5)
+    assert_close(emb[:, ::4], coarse[0], depth=DEPTH)
     # Scene embeddings do not depend on the grid.
     np.testing.assert_array_equal(
         hear.get_scene_embeddings(SOUNDS, model),
@@ -62,6 +64,7 @@ def test_a_finer_hop_interleaves_time_shifted_copies(encoder):
     )
 
 
+@pytest.mark.slow
 def test_without_torch_numpy_in_numpy_out_and_no_torch_import():
     if hear.torch_available():
         pytest.skip("torch is installed here: the torch tests below cover this environment")
@@ -209,11 +212,10 @@ def test_heareval_runner_embeds_tasks_with_an_export(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     done = tmp_path / "embeddings" / "matpac_jax.inference.hear"
     scene = np.load(done / "tiny-scene" / "test" / "test0.wav.embedding.npy")
-    np.testing.assert_allclose(
+    assert_close(
         scene,
         enc.embed(sf_read(tmp_path / "tasks/tiny-scene/16000/test/test0.wav"), 16_000),
-        rtol=0,
-        atol=1e-5,
+        depth=DEPTH,
     )
     event = np.load(done / "tiny-event" / "train" / "train1.wav.embedding.npy")
     assert event.shape == (4 * 13, 160) and event.dtype == np.float32

@@ -20,6 +20,7 @@ def _config():
     return config
 
 
+@pytest.mark.slow
 def test_flops_scale_with_batch_and_memory_is_reported():
     small = cost.analyse(_config(), 4, (1, 1), None)
     large = cost.analyse(_config(), 8, (1, 1), None)
@@ -32,6 +33,7 @@ def test_flops_scale_with_batch_and_memory_is_reported():
     assert large["params"]["params"] > large["params"]["teacher"] > 0
 
 
+@pytest.mark.slow
 def test_data_parallel_mesh_splits_activations():
     one = cost.analyse(_config(), 8, (1, 1), None)
     four = cost.analyse(_config(), 8, (4, 1), None)

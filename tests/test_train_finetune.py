@@ -239,6 +239,7 @@ def _rows(workdir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_finetune_logs_map_each_epoch_and_exports_a_tagger(reference, data):
     workdir, out = reference
     rows = _rows(workdir)
@@ -273,6 +274,7 @@ def test_finetune_logs_map_each_epoch_and_exports_a_tagger(reference, data):
     assert enc.embed(wave, 16000).shape == (5 * enc.model_config.width,)
 
 
+@pytest.mark.slow
 def test_finetuning_beats_the_frozen_encoder_with_a_linear_head(reference, data):
     out = _run(_cmd("runs/frozen", "--config.freeze_encoder=True"), data)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -288,6 +290,7 @@ def test_finetuning_beats_the_frozen_encoder_with_a_linear_head(reference, data)
     assert all(jax.tree.leaves(same))  # the encoder did not move
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_continues_identically(reference, data):
     workdir = data / "runs" / "stopped"
     proc = subprocess.Popen(
@@ -321,6 +324,7 @@ def test_sigterm_then_resume_continues_identically(reference, data):
             assert got[step]["eval/best_map"] == row["eval/best_map"], step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, message",
     [

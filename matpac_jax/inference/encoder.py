@@ -297,6 +297,14 @@ class Encoder:
 
     # ------------------------------------------------------------------ embedding
 
+    def chunk_flops(self, frames: int, batch: int = 1) -> float:
+        """FLOPs of one model call on `batch` chunks of `frames` frames (a multiple of 16, at
+        most `chunk_frames`), as XLA's cost analysis counts the compiled program."""
+        x = jax.ShapeDtypeStruct((batch, self.model_config.n_mels, frames), jnp.float32)
+        lowered = self._run.lower(self._state, x, all_layers=False, per_step=False)
+        cost = lowered.compile().cost_analysis()
+        return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
     def step_times(self, num_steps: int) -> np.ndarray:
         """Centre time (s) of each step: the middle of its first and last frame's samples."""
         fe, p = self.front_end, self.step_frames
