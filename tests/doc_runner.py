@@ -21,9 +21,11 @@ The rules:
   the relative path the doc names (FIXTURES): `audio/` (a handful of demo clips, 6.1 s
   pretraining clips and 3 s labelled ones), `runs/b` (a pretraining run trained here, 3 steps
   of the tiny model, with its `export/`), `data/esc50` (tests/fake_layouts.py's fake ESC-50 in
-  its official layout). Every sandbox gets the demo-corpus cache that a trainer run without
-  `--config.data.dir` uses (`~/.cache/matpac_jax/demo`), pre-filled with the tiny corpus and
-  its shards so that such a run trains at once instead of generating 1,000 clips.
+  its official layout), `data/` for docs/probe.md (the seven datasets of the papers' table,
+  fake copies in their official layouts). Every sandbox gets the demo-corpus cache that a
+  trainer run without `--config.data.dir` uses (`~/.cache/matpac_jax/demo`), pre-filled with
+  the tiny corpus and its shards so that such a run trains at once instead of generating 1,000
+  clips.
 - **The shim** (tests/doc_shim/python, first on PATH and as `.venv/bin/python`; the rules
   live in tests/doc_shim/shim.py) **shrinks sizes, never paths**: every path, file name and
   flag of the command is passed on as written, and only these change:
@@ -38,8 +40,8 @@ The rules:
       bench_input `--batch_size 4 --seconds 0.5 --workers 0 --preprocess_files 2
       --preprocess_workers 0`; bench_step `--batch_size 4 --seconds 0.2 --matmul_n 256`;
       bench_attention `--batch_size 2 --seconds 0.05 --matmul_n 256`; cost
-      `--batch_size 8`; probe `--seeds 1`. A flag the command leaves out is added with that
-      value (a smaller value the command gives stays);
+      `--batch_size 8`; probe `--seeds 1`; suite `--seeds 2`. A flag the command leaves out
+      is added with that value (a smaller value the command gives stays);
     * everything else (python blocks, other modules, `--help`) passes through unchanged.
   `bash launch/demo.sh` runs with `MATPAC_DEMO_SIZE=tiny` (the script's own small sizes) and
   `MATPAC_DEMO_DIR` inside the sandbox.
@@ -300,6 +302,16 @@ def runs_b(sandbox: Path, assets: Assets) -> None:
     shutil.copytree(assets.runs_b, sandbox / "runs" / "b", ignore=shutil.ignore_patterns(".lock*"))
 
 
+def papers_data(sandbox: Path, assets: Assets) -> None:
+    """data/: the seven tasks of the papers' table in their official layouts, one folder each
+    (tests/fake_layouts.py's `papers_data_root`), as the probe's suite finds them."""
+    del assets
+    sys.path.insert(0, str(TESTS))
+    import fake_layouts  # pylint: disable=g-import-not-at-top
+
+    fake_layouts.papers_data_root(sandbox / "data")
+
+
 def esc50_copy(sandbox: Path, assets: Assets) -> None:
     """data/esc50: a fake ESC-50 in the official layout (tests/fake_layouts.py)."""
     del assets
@@ -313,6 +325,7 @@ FIXTURES: dict[str, tuple[Callable[[Path, Assets], None], ...]] = {
     "docs/inference.md": (audio_handful, runs_b),
     "docs/datasets.md": (esc50_copy, audio_corpus),
     "docs/weights.md": (audio_handful, runs_b),
+    "docs/probe.md": (papers_data,),
 }
 
 

@@ -234,6 +234,7 @@ def _cli(cwd, *args, timeout=300):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_with_relative_paths_from_another_directory(tmp_path):
     image = pytest.importorskip("matplotlib.image")
     _write_tone_corpus(tmp_path / "corpus")
@@ -308,8 +309,8 @@ BAD_INPUTS = {
     "CSV is a folder": (LOGMEL + ["a_folder", "--out", "o"], "a_folder: is a folder, expected"),
     "wrong columns": (
         LOGMEL + ["columns.csv", "--out", "o"],
-        "columns.csv: needs the columns path,label,split or path,label,fold; found: "
-        + "file, label, set",
+        "columns.csv: needs the columns path,label,split or path,label,fold (multi-label: "
+        + "path,labels[,unknown],split); found: file, label, set",
     ),
     "unknown split": (
         LOGMEL + ["splits.csv", "--out", "o"],
@@ -348,6 +349,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(work, case):
     args, expected = BAD_INPUTS[case]

@@ -11,12 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from numerics import assert_close
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from matpac_jax.evaluation import linear as probe_train
 from matpac_jax.evaluation import protocol as probe_lib
 from matpac_jax.evaluation import tasks as probe_data
 
+# A probe trained by two programs (a vmapped grid, plain optax): each epoch's update carries the
+# rounding of the last, so the depth of the comparison (tests/numerics.py) counts the epochs.
+PROBE_DEPTH = 64
 FAST = probe_lib.ProbeConfig(learning_rates=(1e-2,), max_epochs=40, patience=5)
 
 
@@ -32,7 +37,7 @@ def test_scaler_matches_float64_numpy_and_sees_only_training_rows(monkeypatch):
     expected = ((x_other.astype(np.float64) - mean) / std).astype(np.float32)
     got = probe_lib.standardize(scaler, x_other)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert_close(got, expected, depth=2)
     np.testing.assert_allclose(probe_lib.standardize(scaler, x_train)[:, 4], 0.0)
 
     # Inside the protocol the scaler sees the training split (hold-out included), nothing else.
@@ -136,9 +141,7 @@ def test_training_restores_the_best_validation_weights():
         assert probe_lib.accuracy(y_valid, logits) == stop.best_score
         # The validation loss at the best epoch: softmax cross-entropy, float64 numpy.
         log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        np.testing.assert_allclose(
-            stop.best_loss, -log_p[np.arange(400), y_valid].mean(), rtol=1e-6
-        )
+        assert_close(stop.best_loss, -log_p[np.arange(400), y_valid].mean(), depth=3)
 
 
 def test_ci95_against_scipy():
@@ -307,7 +310,7 @@ def test_grid_chooses_the_lr_that_single_runs_score_best_on_validation():
         # differ by rounding (losses: rtol). Accuracies and epochs are discrete: equal unless
         # a validation example lies within rounding of the boundary at some epoch.
         np.testing.assert_array_equal(result["valid_by_lr"][s][0], valid)
-        np.testing.assert_allclose(result["valid_loss_by_lr"][s][0], loss, rtol=1e-5)
+        assert_close(result["valid_loss_by_lr"][s][0], loss, depth=PROBE_DEPTH)
         assert valid.max() > valid.min() + 0.2  # the toy makes the choice matter
         # The best score; ties: the lower loss (lexsort's last key is the primary one).
         g = int(np.lexsort((loss, -valid))[0])
@@ -387,4 +390,84 @@ def test_evar_protocol_is_the_pre_grid_single_run_bit_for_bit():
         # Plain optax against the library's batched training: two compiled programs, equal up to
         # float32 rounding. The discrete outcomes above (scores, epochs) are equal unless a
         # validation example lies within rounding of the boundary at some epoch.
-        np.testing.assert_allclose(got, logits, rtol=1e-5, atol=1e-6)
+        assert_close(got, logits, depth=PROBE_DEPTH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial labels (OpenMIC-2018): a label mask in the loss, the training and the metrics.
+
+
+def _multilabel(seed=0, n=40, classes=4):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, classes)).astype(np.float32)
+    y = (rng.random((n, classes)) < 0.4).astype(np.float32)
+    known = np.ones_like(y)
+    known[5, 2] = known[11, 0] = 0.0
+    flipped = y.copy()
+    flipped[5, 2], flipped[11, 0] = 1 - y[5, 2], 1 - y[11, 0]
+    return logits, y, known, flipped
+
+
+def _np_masked_bce(logits, y, known):
+    z = logits.astype(np.float64)
+    per = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    return (per * known).sum() / known.sum()
+
+
+def test_a_masked_label_changes_neither_loss_nor_metrics_and_unmasking_changes_them():
+    logits, y, known, flipped = _multilabel()
+
+    def loss(labels, mask):
+        return float(probe_train.multilabel_loss(*map(jnp.asarray, (logits, labels, mask))))
+
+    metrics = (probe_lib.mean_average_precision, probe_lib.mean_roc_auc)
+    # Masked: the label's value is not seen (the same program on other inputs: exact).
+    assert loss(flipped, known) == loss(y, known)
+    assert probe_train.validation_loss(flipped, logits, known) == probe_train.validation_loss(
+        y, logits, known
+    )
+    for metric in metrics:
+        assert metric(flipped, logits, known) == metric(y, logits, known)
+    # Unmasked: the same change moves every one of them.
+    everything = np.ones_like(known)
+    assert loss(flipped, everything) != loss(y, everything)
+    for metric in metrics:
+        assert metric(flipped, logits, everything) != metric(y, logits, everything)
+    # Against float64 numpy and scikit-learn on the known rows alone.
+    assert_close(loss(y, known), _np_masked_bce(logits, y, known), depth=2)
+    assert probe_train.validation_loss(y, logits, known) == pytest.approx(
+        _np_masked_bce(logits, y, known), rel=1e-12
+    )
+    keep = known[:, 2] > 0
+    ap = average_precision_score(y[keep, 2], logits[keep, 2])
+    auc = roc_auc_score(y[keep, 2], logits[keep, 2])
+    assert probe_lib.average_precision(y[:, 2], logits[:, 2], known[:, 2]) == pytest.approx(ap)
+    assert probe_lib.roc_auc(y[:, 2], logits[:, 2], known[:, 2]) == pytest.approx(auc)
+    # No mask is the mask of ones.
+    assert probe_lib.mean_average_precision(y, logits) == probe_lib.mean_average_precision(
+        y, logits, everything
+    )
+
+
+def test_masked_labels_do_not_train_the_probe():
+    x, _, _ = _toy(seed=4, dim=16, classes=3)
+    _, y, known, flipped = _multilabel(seed=1, n=len(x), classes=3)
+    part = probe_lib.Partition(np.arange(0, 80), np.arange(80, 100), np.arange(100, 120))
+    cfg = probe_lib.ProbeConfig(learning_rates=(1e-3, 1e-2), max_epochs=5, patience=5)
+
+    def fit(labels, mask):
+        return probe_lib.train_linear(
+            x[part.train], labels[part.train], x[part.valid], labels[part.valid],
+            num_classes=3, seed=0, cfg=cfg,
+            known_train=mask[part.train], known_valid=mask[part.valid],
+        )[0]  # fmt: skip
+
+    same, other = fit(y, known), fit(flipped, known)
+    jax.tree.map(np.testing.assert_array_equal, same, other)  # one program, the same numbers
+    moved = fit(flipped, np.ones_like(known))
+    assert not np.array_equal(moved["w"], same["w"])
+    result = probe_lib.evaluate(x, y, [part], num_classes=3, seeds=(0, 1), cfg=cfg, known=known)
+    assert len(result["fold_auc"]) == 2 and 0 <= result["auc_mean"] <= 1
+    assert result["auc_scores"] == [f[0] for f in result["fold_auc"]]
+    with pytest.raises(ValueError, match="label mask"):
+        probe_lib.evaluate(x, y, [part], num_classes=3, cfg=cfg, known=known[:, :2])

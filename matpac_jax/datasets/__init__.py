@@ -24,25 +24,34 @@ from matpac_jax.datasets import (
     crema_d,
     demo,
     esc50,
+    fsd50k,
     gtzan,
+    magnatagatune,
     nsynth,
+    openmic,
     speech_commands,
     urbansound8k,
 )
 from matpac_jax.datasets.base import ManualDirError, to_float
 
-# Names accepted by `--dataset`; `demo` needs a task: demo/timbre, demo/pitch or demo/event.
+# Names accepted by `--dataset`; `demo` needs a task: demo/timbre, demo/pitch or demo/event;
+# `magnatagatune/all` keeps the clips without a top-50 tag.
 BUILDERS = {
     "esc50": esc50.Esc50,
     "urbansound8k": urbansound8k.UrbanSound8k,
     "gtzan": gtzan.Gtzan,
     "nsynth": nsynth.Nsynth,
+    "openmic": openmic.OpenMic,
+    "magnatagatune": magnatagatune.MagnaTagATune,
+    "fsd50k": fsd50k.Fsd50k,
     "speech_commands": speech_commands.SpeechCommands,
     "crema_d": crema_d.CremaD,
     "demo": demo.Demo,
 }
-DATASETS = tuple(n for n in BUILDERS if n != "demo") + tuple(
-    f"demo/{task}" for task in demo.TASK_CLASSES
+DATASETS = (
+    tuple(n for n in BUILDERS if n != "demo")
+    + ("magnatagatune/all",)
+    + tuple(f"demo/{task}" for task in demo.TASK_CLASSES)
 )
 
 __all__ = [
@@ -102,11 +111,13 @@ def write_task_csv(
     """Writes the probe's task CSV from the official layout, without building the tfds dataset.
 
     Columns: `path,label,fold` (k-fold datasets, folds 1..K) or `path,label,split`
-    (train / valid / test); paths are absolute. Returns the number of rows.
+    (train / valid / test); for the multi-label datasets (openmic, magnatagatune, fsd50k)
+    `path,labels,unknown,split`, classes joined by `;`. Paths are absolute. Returns the number
+    of rows.
 
     Raises:
         ManualDirError: `manual_dir` does not hold the official layout, or is incomplete.
     """
     cls, config = _resolve(dataset)
     clips = cls.checked_clips(Path(manual_dir).expanduser(), config, progress)
-    return base.write_task_csv(clips, out_csv, folds=bool(cls.NUM_FOLDS))
+    return base.write_task_csv(clips, out_csv, folds=bool(cls.NUM_FOLDS), multilabel=cls.MULTILABEL)

@@ -39,18 +39,37 @@ class ManualDirError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-    """One labelled audio file of the official layout."""
+    """One labelled audio file of the official layout.
+
+    Single-label datasets set `label`. Multi-label ones (`MultiLabelAudioBuilder`) leave it ""
+    and set `labels`, the positive classes (possibly none), and `unknown`, the classes nobody
+    annotated for this clip (partial labels: neither positive nor negative).
+    """
 
     path: Path  # absolute
     rel: str  # relative to manual_dir, POSIX separators: the example key and `path` feature
     label: str
     split: str  # tfds split name: "train" / "valid" / "test" or "fold1" ... "foldK"
+    labels: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    def classes(self) -> tuple[str, ...]:
+        """Every class name the clip refers to."""
+        return (self.label,) if self.label else self.labels + self.unknown
 
 
-def make_clip(manual_dir: Path, path: Path, label: str, split: str) -> Clip:
+def make_clip(
+    manual_dir: Path,
+    path: Path,
+    label: str,
+    split: str,
+    labels: Sequence[str] = (),
+    unknown: Sequence[str] = (),
+) -> Clip:
     """Clip of `path` (inside `manual_dir`) with its relative name filled in."""
     path = Path(path).absolute()
-    return Clip(path, path.relative_to(manual_dir.absolute()).as_posix(), label, split)
+    rel = path.relative_to(manual_dir.absolute()).as_posix()
+    return Clip(path, rel, label, split, tuple(labels), tuple(unknown))
 
 
 def encode(wave: np.ndarray) -> np.ndarray:
@@ -144,6 +163,7 @@ class AudioClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
     RELEASE_NOTES = {"1.0.0": "First release."}
     CLASS_NAMES: tuple[str, ...] = ()
     NUM_FOLDS = 0  # > 0: one tfds split per official fold, "fold1" ... ; 0: train/valid/test
+    MULTILABEL = False  # True: `MultiLabelAudioBuilder`
     HOMEPAGE = ""
     CITATION = ""
 
@@ -155,8 +175,11 @@ class AudioClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
         return SPLITS
 
     @classmethod
-    def class_names(cls, config: str | None = None) -> tuple[str, ...]:
-        """Label names in class-index order (a builder with configs may vary them)."""
+    def class_names(
+        cls, config: str | None = None, manual_dir: Path | None = None
+    ) -> tuple[str, ...]:
+        """Label names in class-index order (a builder with configs may vary them; one whose
+        vocabulary ships with the data reads it from `manual_dir`)."""
         return cls.CLASS_NAMES
 
     @classmethod
@@ -179,13 +202,14 @@ class AudioClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
                 f"manual_dir {manual_dir} is not a folder.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
         clips = cls.list_clips(manual_dir, config)
-        names, splits = set(cls.class_names(config)), cls.splits()
+        names, splits = set(cls.class_names(config, manual_dir)), cls.splits()
         for clip in clips:
-            if clip.label not in names:
-                raise ManualDirError(
-                    f"{clip.path}: unknown label {clip.label!r}; expected one of "
-                    f"{sorted(names)}. Is this the official release?"
-                )
+            for label in clip.classes():
+                if label not in names:
+                    raise ManualDirError(
+                        f"{clip.path}: unknown label {label!r}; expected one of "
+                        f"{sorted(names)}. Is this the official release?"
+                    )
             if clip.split not in splits:
                 raise ManualDirError(f"{clip.path}: split {clip.split!r} is not one of {splits}")
         empty = sorted(set(splits) - {c.split for c in clips}, key=splits.index)
@@ -234,17 +258,89 @@ class AudioClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registrat
             if isinstance(pcm, audio.AudioError):
                 skipped.append(f"{clip.rel} ({pcm.reason})")
                 continue
-            where = {"fold": int(clip.split[4:])} if self.NUM_FOLDS else {"split": clip.split}
-            yield clip.rel, {"audio": pcm, "label": clip.label, "path": clip.rel, **where}
+            yield clip.rel, self._example(clip, pcm)
         if skipped:
             # A bad file never stops a build; name it so that the count can be explained.
             logging.warning(
                 "%s: skipped %d unreadable file(s): %s", self.name, len(skipped), ", ".join(skipped)
             )
 
+    def _example(self, clip: Clip, pcm: np.ndarray) -> dict:
+        """The stored features of one decoded clip."""
+        where = {"fold": int(clip.split[4:])} if self.NUM_FOLDS else {"split": clip.split}
+        return {"audio": pcm, "label": clip.label, "path": clip.rel, **where}
 
-def write_task_csv(clips: Sequence[Clip], out_csv: str | os.PathLike, folds: bool) -> int:
-    """Writes the probe's task CSV: `path,label,fold` (fold 1..K) or `path,label,split`.
+
+class MultiLabelAudioBuilder(AudioClassificationBuilder, skip_registration=True):
+    """tfds builder of a multi-label audio dataset (tagging), read like the single-label ones.
+
+    Features: `audio`, `path`, `split` as above; `labels`, int8 (C,) multi-hot over
+    `class_names()` in the official order; `label_mask`, int8 (C,), 1 where the clip's label is
+    known and 0 where nobody annotated that class (partial labels: `Clip.unknown`). The class
+    names are in `info.metadata["class_names"]`: the columns come from the dataset's official
+    vocabulary, never from the labels that one split happens to contain.
+    """
+
+    MULTILABEL = True
+    NUM_CLASSES = 0  # > 0: the class count, for a vocabulary read from manual_dir (FSD50K)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        names = () if self.NUM_CLASSES else self.class_names(self.builder_config_name)
+        size = self.NUM_CLASSES or len(names)
+        features = tfds.features.FeaturesDict(
+            {
+                "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+                "labels": tfds.features.Tensor(shape=(size,), dtype=np.int8),
+                "label_mask": tfds.features.Tensor(shape=(size,), dtype=np.int8),
+                "path": tfds.features.Text(),
+                "split": tfds.features.Text(),
+            }
+        )
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=sys.modules[type(self).__module__].__doc__,  # layout and protocol
+            features=features,
+            supervised_keys=("audio", "labels"),
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+            metadata=tfds.core.MetadataDict(
+                sample_rate=SAMPLE_RATE, int16_scale=32768, class_names=list(names)
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        names = self.class_names(self.builder_config_name, Path(dl_manager.manual_dir))
+        if self.NUM_CLASSES and len(names) != self.NUM_CLASSES:
+            raise ManualDirError(
+                f"{self.name}: the vocabulary has {len(names)} classes, expected "
+                f"{self.NUM_CLASSES}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        self.info.metadata["class_names"] = list(names)
+        return super()._split_generators(dl_manager)
+
+    def _example(self, clip: Clip, pcm: np.ndarray) -> dict:
+        names = self.info.metadata["class_names"]
+        return {
+            "audio": pcm,
+            "labels": multi_hot(clip.labels, names),
+            "label_mask": 1 - multi_hot(clip.unknown, names),
+            "path": clip.rel,
+            "split": clip.split,
+        }
+
+
+def multi_hot(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """int8 (len(names),): 1 at each of `labels`."""
+    out = np.zeros(len(names), np.int8)
+    out[[list(names).index(label) for label in labels]] = 1
+    return out
+
+
+def write_task_csv(
+    clips: Sequence[Clip], out_csv: str | os.PathLike, folds: bool, multilabel: bool = False
+) -> int:
+    """Writes the probe's task CSV: `path,label,fold` (fold 1..K) or `path,label,split`; for a
+    multi-label dataset `path,labels,unknown,split`, classes joined by `;` (either may be empty).
 
     Paths are absolute, so the CSV can live anywhere. Returns the number of rows.
     """
@@ -253,8 +349,15 @@ def write_task_csv(clips: Sequence[Clip], out_csv: str | os.PathLike, folds: boo
     tmp = out_csv.with_name(out_csv.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label", "fold" if folds else "split"])
+        group = "fold" if folds else "split"
+        writer.writerow(
+            ["path", "labels", "unknown", group] if multilabel else ["path", "label", group]
+        )
         for c in clips:
-            writer.writerow([str(c.path), c.label, int(c.split[4:]) if folds else c.split])
+            where = int(c.split[4:]) if folds else c.split
+            if multilabel:
+                writer.writerow([str(c.path), ";".join(c.labels), ";".join(c.unknown), where])
+            else:
+                writer.writerow([str(c.path), c.label, where])
     os.replace(tmp, out_csv)  # never leave a half-written CSV under the final name
     return len(clips)

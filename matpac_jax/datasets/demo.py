@@ -42,7 +42,9 @@ class Demo(base.AudioClassificationBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
     @classmethod
-    def class_names(cls, config: str | None = None) -> tuple[str, ...]:
+    def class_names(
+        cls, config: str | None = None, manual_dir: Path | None = None
+    ) -> tuple[str, ...]:
         return tuple(TASK_CLASSES[_task(config)])
 
     @classmethod

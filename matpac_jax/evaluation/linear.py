@@ -87,10 +87,21 @@ def _direction(weight_decay: float) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam())
 
 
+def multilabel_loss(logits: jax.Array, y: jax.Array, known: jax.Array) -> jax.Array:
+    """Sigmoid binary cross-entropy averaged over the known labels: (n, C) logits, targets in
+    {0, 1} and `known` 1/0 (0: a partial label nobody annotated, which counts for nothing).
+
+    With every label known it is the mean over rows and classes, EVAR's multi-label loss.
+    """
+    per_label = optax.sigmoid_binary_cross_entropy(logits, y) * known
+    return jnp.sum(per_label) / jnp.maximum(jnp.sum(known), 1.0)
+
+
 @functools.cache
 def _epoch_fn(batch_size: int, multilabel: bool, weight_decay: float) -> Callable:
     """The jitted epoch of a grid: `(params, opt_state, best, improved, lrs, key, number, x, y,
-    x_valid) -> (params, opt_state, best, validation logits (G, n_valid, C))`.
+    known, x_valid) -> (params, opt_state, best, validation logits (G, n_valid, C))`; `known`
+    is the (n, C) label mask of a multi-label task (ones otherwise, and unused).
 
     It first keeps as `best` the incoming params of the members flagged in `improved` (the
     previous epoch's improvements), then trains one epoch, then predicts the validation rows:
@@ -98,24 +109,23 @@ def _epoch_fn(batch_size: int, multilabel: bool, weight_decay: float) -> Callabl
     """
     tx = _direction(weight_decay)
 
-    def loss_fn(params, x, y, mask):
+    def loss_fn(params, x, y, known, mask):
         logits = predict(params, x)
-        if multilabel:
-            per_row = optax.sigmoid_binary_cross_entropy(logits, y).mean(axis=-1)
-        else:
-            # EVAR quirk, kept: its NLL is a mean over classes too, i.e. cross-entropy / C.
-            per_row = optax.softmax_cross_entropy_with_integer_labels(logits, y) / logits.shape[-1]
+        if multilabel:  # the padded rows of the last batch are unknown labels too
+            return multilabel_loss(logits, y, known * mask[:, None])
+        # EVAR quirk, kept: its NLL is a mean over classes too, i.e. cross-entropy / C.
+        per_row = optax.softmax_cross_entropy_with_integer_labels(logits, y) / logits.shape[-1]
         return jnp.sum(per_row * mask) / jnp.sum(mask)
 
-    def member_step(params, opt_state, lr, x, y, mask):
-        grads = jax.grad(loss_fn)(params, x, y, mask)
+    def member_step(params, opt_state, lr, x, y, known, mask):
+        grads = jax.grad(loss_fn)(params, x, y, known, mask)
         direction, opt_state = tx.update(grads, opt_state, params)
         return jax.tree.map(lambda p, d: p + (-lr) * d, params, direction), opt_state
 
     # The batch is shared (None), the members are not (0).
-    grid_step = _grid_map(member_step, (0, 0, 0, None, None, None))
+    grid_step = _grid_map(member_step, (0, 0, 0, None, None, None, None))
 
-    def epoch(params, opt_state, best, improved, lrs, key, number, x, y, x_valid):
+    def epoch(params, opt_state, best, improved, lrs, key, number, x, y, known, x_valid):
         best = _keep_improved(improved, params, best)
         n = x.shape[0]
         num_batches = -(-n // batch_size)
@@ -128,7 +138,7 @@ def _epoch_fn(batch_size: int, multilabel: bool, weight_decay: float) -> Callabl
 
         def step(carry, batch):
             i, m = batch
-            return grid_step(*carry, lrs, x[i], y[i], m), None
+            return grid_step(*carry, lrs, x[i], y[i], known[i], m), None
 
         batches = (idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size))
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), batches)
@@ -204,12 +214,15 @@ class EarlyStopping:
         ]
 
 
-def validation_loss(y: np.ndarray, logits: np.ndarray) -> float:
+def validation_loss(y: np.ndarray, logits: np.ndarray, known: np.ndarray | None = None) -> float:
     """Mean cross-entropy in float64: softmax for (n,) labels, sigmoid per class (averaged over
-    classes) for (n, C) multi-hot. The training loss up to EVAR's constant 1/C factor."""
+    the known labels, all by default) for (n, C) multi-hot. The training loss up to EVAR's
+    constant 1/C factor."""
     z = np.asarray(logits, np.float64)
     if y.ndim == 2:
-        return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+        per_label = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        known = np.ones_like(per_label) if known is None else np.asarray(known, np.float64)
+        return float(np.sum(per_label * known) / max(known.sum(), 1.0))
     top = z.max(axis=1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
     return float(np.mean(log_norm - z[np.arange(len(y)), y]))
@@ -228,7 +241,9 @@ def train_linear(
     max_batch: int,
     max_epochs: int,
     patience: int,
-    score: Callable[[np.ndarray, np.ndarray], float],
+    score: Callable[..., float],
+    known_train: np.ndarray | None = None,
+    known_valid: np.ndarray | None = None,
 ) -> tuple[dict, list[EarlyStop]]:
     """Trains one linear layer per learning rate, together; returns each one's best weights.
 
@@ -244,7 +259,10 @@ def train_linear(
       weight_decay: L2 added to the gradient.
       max_batch: batch size min(max_batch, n_train), last batch short.
       max_epochs, patience: early stopping (`EarlyStopping`) on `score(y_valid, logits)`.
-      score: the validation metric, higher is better.
+      score: the validation metric, higher is better: `score(y_valid, logits)`, or with a third
+        argument, the validation label mask, when `known_valid` is given.
+      known_train, known_valid: (n, C) 1/0 label masks of a multi-label task with partial
+        labels (0: unknown, left out of the loss and the score); None: every label known.
 
     Returns:
       (params with a leading G axis: each member's best-validation weights, one EarlyStop per
@@ -256,17 +274,23 @@ def train_linear(
     one = init_linear(init_key, x_train.shape[1], num_classes)
     params = best = jax.tree.map(lambda a: jnp.repeat(a[None], len(lrs), axis=0), one)
     opt_state = jax.vmap(_direction(weight_decay).init)(params)
-    data = jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_valid)
+    if known_train is None:
+        known_train = np.ones(y_train.shape, np.float32)
+    data = (jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(known_train, jnp.float32))
+    data += (jnp.asarray(x_valid),)
+    masked = () if known_valid is None else (known_valid,)
     stopping = EarlyStopping(len(lrs), patience)
     improved = np.zeros(len(lrs), bool)
     for epoch in range(1, max_epochs + 1):
         params, opt_state, best, logits = epoch_fn(
             params, opt_state, best, improved, lrs, shuffle_key, epoch, *data
         )
-        improved = stopping.update([score(y_valid, v) for v in np.asarray(logits)])
+        improved = stopping.update([score(y_valid, v, *masked) for v in np.asarray(logits)])
         if stopping.done:
             break
     best = _keep_improved(improved, params, best)
     # The loss of the restored weights is the loss at the best epoch: computed once, here.
-    losses = [validation_loss(y_valid, v) for v in np.asarray(_predict_grid(best, data[2]))]
+    losses = [
+        validation_loss(y_valid, v, known_valid) for v in np.asarray(_predict_grid(best, data[3]))
+    ]
     return best, [s._replace(best_loss=v) for s, v in zip(stopping.results(), losses)]

@@ -114,15 +114,20 @@ def run(
         entries = []
         for task, emb, s in zip(tasks, embeddings, secs):
             entry = probe_task(task, emb, spec, s, seeds, cfg, out, warnings[task.name])
-            score = f"{entry['metric']} {probe_report.cell(entry)}"
+            score = f"{entry['metric']} {probe_report.score_text(entry)}"
             lr, secs = probe_report.chosen_text(entry), entry["probe_seconds"]
             print(f"{task.name}: {score} (lr {lr}, {secs} s)")
             entries.append(entry)
-        protocol = {"name": cfg.protocol, **dataclasses.asdict(cfg)}
-        protocol["learning_rates"] = list(cfg.learning_rates)  # as report.json will read back
-        report = {"encoder": spec, "protocol": protocol, "tasks": entries}
+        report = {"encoder": spec, "protocol": protocol_record(cfg), "tasks": entries}
         probe_report.write_report(out, report)
     return report
+
+
+def protocol_record(cfg) -> dict:
+    """report.json's `protocol`: the name (`grid`, `evar`, `fixed`) and every field of `cfg`."""
+    record = {"name": cfg.protocol, **dataclasses.asdict(cfg)}
+    record["learning_rates"] = list(cfg.learning_rates)  # as report.json will read back
+    return record
 
 
 def config(cfg=None):
@@ -158,6 +163,7 @@ def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict
             num_classes=len(task.classes),
             seeds=tuple(range(seeds)),
             cfg=cfg,
+            known=task.known(),
         )
     except probe_lib.DataError as e:
         raise cli.UserError(f"{task.name}: {e}") from e

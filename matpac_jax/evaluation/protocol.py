@@ -156,26 +156,60 @@ def accuracy(y: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+def average_precision(positive: np.ndarray, scores: np.ndarray, known=None) -> float:
     """sklearn's average precision: sum_k (R_k - R_{k-1}) P_k, tied scores one threshold.
 
-    NaN when there is no positive.
+    `known` (1/0 per row, default all 1) is the sample weight: a row whose label is unknown
+    (a partial label) counts as neither positive nor negative. NaN when no known positive.
     """
     positive = np.asarray(positive) > 0
-    if not positive.any():
+    weight = None if known is None else np.asarray(known, np.float64)
+    if not (positive if weight is None else positive & (weight > 0)).any():
         return float("nan")
-    return float(metrics.average_precision_score(positive, np.asarray(scores, np.float64)))
+    return float(
+        metrics.average_precision_score(
+            positive, np.asarray(scores, np.float64), sample_weight=weight
+        )
+    )
 
 
-def mean_average_precision(y: np.ndarray, scores: np.ndarray) -> float:
-    """Macro mAP: AP per class, averaged over the classes with at least one positive."""
-    aps = [average_precision(y[:, c], scores[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
-    return float(np.mean(aps)) if aps else float("nan")
+def roc_auc(positive: np.ndarray, scores: np.ndarray, known=None) -> float:
+    """sklearn's area under the ROC curve, with `known` as the sample weight as in
+    `average_precision`; NaN without a known positive and a known negative."""
+    positive = np.asarray(positive) > 0
+    weight = np.ones(len(positive)) if known is None else np.asarray(known, np.float64)
+    if not (positive & (weight > 0)).any() or not (~positive & (weight > 0)).any():
+        return float("nan")
+    return float(
+        metrics.roc_auc_score(positive, np.asarray(scores, np.float64), sample_weight=weight)
+    )
 
 
-def score(y: np.ndarray, logits: np.ndarray) -> float:
-    """The protocol's metric: accuracy for (n,) labels, macro mAP for (n, C) multi-hot."""
-    return accuracy(y, logits) if y.ndim == 1 else mean_average_precision(y, logits)
+def _macro(metric, y: np.ndarray, scores: np.ndarray, known) -> float:
+    """`metric` per class, averaged over the classes where it is defined (NaN if none is)."""
+    per_class = [
+        metric(y[:, c], scores[:, c], None if known is None else known[:, c])
+        for c in range(y.shape[1])
+    ]
+    defined = [v for v in per_class if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def mean_average_precision(y: np.ndarray, scores: np.ndarray, known=None) -> float:
+    """Macro mAP (the papers' figure for multi-label tasks): AP per class, averaged over the
+    classes with at least one known positive; `known` (n, C) masks partial labels out."""
+    return _macro(average_precision, y, scores, known)
+
+
+def mean_roc_auc(y: np.ndarray, scores: np.ndarray, known=None) -> float:
+    """Macro ROC-AUC: per class, over the classes with a known positive and negative."""
+    return _macro(roc_auc, y, scores, known)
+
+
+def score(y: np.ndarray, logits: np.ndarray, known=None) -> float:
+    """The protocol's metric: accuracy for (n,) labels, macro mAP for (n, C) multi-hot (with
+    the label mask `known` of partial labels)."""
+    return accuracy(y, logits) if y.ndim == 1 else mean_average_precision(y, logits, known)
 
 
 def ci95(values) -> tuple[float, float | None]:
@@ -208,6 +242,8 @@ def train_linear(
     num_classes: int,
     seed: int,
     cfg: ProbeConfig = GRID,
+    known_train: np.ndarray | None = None,
+    known_valid: np.ndarray | None = None,
 ) -> tuple[dict, list[probe_train.EarlyStop]]:
     """`probe_train.train_linear` with `cfg`'s hyperparameters and the protocol's metric.
 
@@ -217,6 +253,7 @@ def train_linear(
       num_classes: C.
       seed: initialisation and shuffling.
       cfg: hyperparameters; one classifier per learning rate.
+      known_train, known_valid: (n, C) label masks of partial labels (0: unknown), or None.
 
     Returns:
       (params with a leading axis over `cfg.learning_rates`, one EarlyStop per learning rate).
@@ -234,6 +271,8 @@ def train_linear(
         max_epochs=cfg.max_epochs,
         patience=cfg.patience,
         score=score,
+        known_train=known_train,
+        known_valid=known_valid,
     )
 
 
@@ -285,12 +324,15 @@ def evaluate(
     num_classes: int,
     seeds=(0, 1, 2),
     cfg: ProbeConfig = GRID,
+    known: np.ndarray | None = None,
 ) -> dict:
     """The linear-probe protocol on fixed embeddings.
 
     Args:
       x: (n, D) embeddings of every row.
       y: (n,) int labels or (n, C) multi-hot.
+      known: (n, C) 1/0 mask of a multi-label task's partial labels (0: nobody annotated it;
+        left out of the loss, the validation score and the test metrics); None: all known.
       partitions: one per fold (k-fold tasks) or a single one.
       num_classes: C.
       seeds: one run per seed and partition; a seed's score is its mean over partitions.
@@ -302,25 +344,33 @@ def evaluate(
       `valid_loss_by_lr` (each learning rate's best validation score and its validation loss
       at that epoch, in `cfg.learning_rates` order), and the chosen run's
       `best_epoch`, `epochs_run`, `stopped_early`; `n_train`/`n_valid`/`n_test` (per fold) and,
-      for single-label tasks, `confusion` (test counts summed over seeds and folds).
+      for single-label tasks, `confusion` (test counts summed over seeds and folds); for
+      multi-label tasks, the macro ROC-AUC beside the mAP: `fold_auc` per run, `auc_scores`,
+      `auc_mean`, `auc_ci95`.
 
     Raises:
       DataError: a partition leaves nothing to validate on.
     """
+    if known is not None and (y.ndim != 2 or known.shape != y.shape):
+        raise ValueError(f"a label mask {np.shape(known)} needs (n, C) multi-hot labels {y.shape}")
     runs = [
-        [_run(x, y, part, seed, f, num_classes, cfg) for f, part in enumerate(partitions)]
+        [_run(x, y, part, seed, f, num_classes, cfg, known) for f, part in enumerate(partitions)]
         for seed in seeds
     ]
-    out = {key: [[r[key] for r in row] for row in runs] for key in PER_RUN}
+    per_run = PER_RUN + (("fold_auc",) if y.ndim == 2 else ())
+    out = {key: [[r[key] for r in row] for row in runs] for key in per_run}
     out.update({key: [r[key] for r in runs[0]] for key in ("n_train", "n_valid", "n_test")})
     out["scores"] = [float(np.mean(f)) for f in out["fold_scores"]]
     out["mean"], out["ci95"] = ci95(out["scores"])
+    if y.ndim == 2:
+        out["auc_scores"] = [float(np.mean(f)) for f in out["fold_auc"]]
+        out["auc_mean"], out["auc_ci95"] = ci95(out["auc_scores"])
     if y.ndim == 1:
         out["confusion"] = np.sum([r["confusion"] for row in runs for r in row], axis=0).tolist()
     return out
 
 
-def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: ProbeConfig):
+def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: ProbeConfig, known):
     """One seed on one partition: train the grid, choose on validation, score the test rows."""
     # Fitted before any hold-out, on the whole training split, as EVAR's classifier does.
     scaler = fit_scaler(x[part.train])
@@ -330,7 +380,8 @@ def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: Pro
             y[train], cfg.valid_fraction, np.random.default_rng([seed, fold])
         )
         train, valid = train[keep], train[held]
-    if y.ndim == 2 and not y[valid].any():
+    mask = (lambda rows: None) if known is None else (lambda rows: known[rows])
+    if y.ndim == 2 and not (y[valid] * (1 if known is None else known[valid]) > 0).any():
         raise DataError(
             f"fold {fold}: the validation rows hold no positive label, so mAP is undefined; "
             "add labelled validation clips or more training clips"
@@ -343,6 +394,8 @@ def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: Pro
         num_classes=num_classes,
         seed=seed,
         cfg=cfg,
+        known_train=mask(train),
+        known_valid=mask(valid),
     )
     valid_by_lr = [stop.best_score for stop in stops]
     valid_loss_by_lr = [stop.best_loss for stop in stops]
@@ -350,7 +403,7 @@ def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: Pro
     test_x = jnp.asarray(standardize(scaler, x[part.test]))
     logits = np.asarray(probe_train.predict(probe_train.member(params, g), test_x))
     out = {
-        "fold_scores": score(y[part.test], logits),
+        "fold_scores": score(y[part.test], logits, mask(part.test)),
         "best_epoch": stops[g].best_epoch,
         "epochs_run": stops[g].epochs_run,
         "stopped_early": stops[g].stopped_early,
@@ -363,4 +416,6 @@ def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: Pro
     }
     if y.ndim == 1:
         out["confusion"] = confusion_matrix(y[part.test], logits.argmax(-1), num_classes)
+    else:
+        out["fold_auc"] = mean_roc_auc(y[part.test], logits, mask(part.test))
     return out

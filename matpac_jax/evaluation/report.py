@@ -150,10 +150,19 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: str, *, title: 
 # report.json, report.md and comparison tables.
 
 
-def cell(entry: dict) -> str:
-    """`87.3 ± 1.2`: mean and 95% CI half-width in percent."""
-    ci = "" if entry["ci95"] is None else f" ± {100 * entry['ci95']:.1f}"
-    return f"{100 * entry['mean']:.1f}{ci}"
+def cell(entry: dict, key: str = "") -> str:
+    """`87.3 ± 1.2`: mean and 95% CI half-width in percent (`key` "auc": the ROC-AUC's)."""
+    prefix = f"{key}_" if key else ""
+    half = entry[f"{prefix}ci95"]
+    ci = "" if half is None else f" ± {100 * half:.1f}"
+    return f"{100 * entry[f'{prefix}mean']:.1f}{ci}"
+
+
+def score_text(entry: dict) -> str:
+    """The task's score cell: `87.3 ± 1.2`, and for a multi-label task its macro ROC-AUC
+    beside the mAP: `40.8 ± 0.3 (ROC-AUC 91.0 ± 0.1)`."""
+    auc = f" (ROC-AUC {cell(entry, 'auc')})" if "auc_mean" in entry else ""
+    return cell(entry) + auc
 
 
 def write_report(out: str, report: dict) -> None:
@@ -199,8 +208,8 @@ def render_report(report: dict) -> str:
         sizes = " / ".join(f"{np.mean(e[k]):.0f}" for k in ("n_train", "n_valid", "n_test"))
         epochs = f"{np.mean(e['epochs_run']):.0f} ({np.mean(e['best_epoch']):.0f})"
         lines.append(
-            f"| {e['task']}{folds} | {e['metric']} | {cell(e)} | {chosen_text(e)} | {sizes} | "
-            f"{e['clip_seconds']:g} | {e['embedding_dim']} | {epochs} |"
+            f"| {e['task']}{folds} | {e['metric']} | {score_text(e)} | {chosen_text(e)} | {sizes} | "
+            f"{_seconds(e['clip_seconds'])} | {e['embedding_dim']} | {epochs} |"
         )
     if len(protocol.get("learning_rates", ())) > 1:
         lines += ["", *render_grid(report["tasks"], protocol["learning_rates"])]
@@ -215,6 +224,11 @@ def render_report(report: dict) -> str:
             link = urllib.parse.quote(e["confusion_png"])
             lines += [f"### {e['task']}", "", f"![confusion matrix of {e['task']}]({link})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _seconds(clip_seconds) -> str:
+    """The clip length column: seconds, or `whole` (clips embedded whole: the probe's suite)."""
+    return "whole" if clip_seconds is None else f"{clip_seconds:g}"
 
 
 def render_grid(entries: list[dict], learning_rates) -> list[str]:

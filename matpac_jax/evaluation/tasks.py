@@ -1,7 +1,11 @@
 """The probe's inputs: task CSVs (`Task`, `read_task`) and clip embeddings with their cache.
 
 A task CSV has the header `path,label,split` (split in train/valid/test) or `path,label,fold`
-(each fold in turn is the test set); `;` in a label makes the task multi-label. Audio paths are
+(each fold in turn is the test set); `;` in a label makes the task multi-label. A `labels`
+column instead of `label` makes it multi-label whatever it holds (a clip may have no positive
+class), and an optional `unknown` column lists, `;`-separated, the classes nobody annotated for
+that clip (partial labels, as in OpenMIC-2018): they count in neither the probe's loss nor its
+metrics. The multi-label builders of `matpac_jax.datasets` write this form. Audio paths are
 relative to `--audio_root`, else to the CSV's folder, else to its parent (the demo corpus's
 `DIR/tasks/*.csv` layout). Every clip is loaded at 16 kHz and cut to its first S seconds or
 zero-padded at the end; embeddings are cached under a hash of the encoder, the audio files and S.
@@ -56,6 +60,7 @@ class Task:
     multilabel: bool
     kfold: bool
     groups: list[str]
+    unknown: list[tuple[str, ...]] | None = None  # per row, classes not annotated (multi-label)
 
     def targets(self) -> np.ndarray:
         """(n,) class indices, or (n, C) float32 multi-hot for a multi-label task."""
@@ -66,6 +71,17 @@ class Task:
         for r, row in enumerate(self.labels):
             y[r, [index[c] for c in row]] = 1.0
         return y
+
+    def known(self) -> np.ndarray | None:
+        """(n, C) float32, 0 where a row's label of that class is unknown and 1 elsewhere; None
+        when every label is known."""
+        if not self.unknown or not any(self.unknown):
+            return None
+        index = {c: i for i, c in enumerate(self.classes)}
+        mask = np.ones((len(self.labels), len(self.classes)), np.float32)
+        for r, row in enumerate(self.unknown):
+            mask[r, [index[c] for c in row]] = 0.0
+        return mask
 
     def folds(self) -> list[str]:
         """The fold names in their natural order (numbers numerically)."""
@@ -100,31 +116,40 @@ def read_task(csv_path: str, audio_root: str | None = None, multilabel: bool | N
     path = cli.input_file(csv_path, what="task CSV")
     header, rows = _read_rows(path)
     name = shown(path)
-    group = _check_columns(name, header)
+    group, column = _check_columns(name, header)
     groups = [r[group] for r in rows]
     _check_groups(name, group, groups)
     if multilabel is None:
-        multilabel = any(";" in r["label"] for r in rows)
-    if not multilabel and any(not r["label"] for r in rows):
-        line = 2 + next(i for i, r in enumerate(rows) if not r["label"])
+        multilabel = column == "labels" or any(";" in r[column] for r in rows)
+    if not multilabel and any(not r[column] for r in rows):
+        line = 2 + next(i for i, r in enumerate(rows) if not r[column])
         raise cli.UserError(f"{name}: line {line} has an empty label; give every clip one")
-    labels = [
-        tuple(s for s in (p.strip() for p in r["label"].split(";")) if s)
-        if multilabel
-        else (r["label"],)
-        for r in rows
-    ]
+    labels = [_split_classes(r[column]) if multilabel else (r[column],) for r in rows]
+    unknown = [_split_classes(r.get("unknown", "")) for r in rows] if multilabel else None
+    if unknown:
+        both = next((i for i, (l, u) in enumerate(zip(labels, unknown)) if set(l) & set(u)), None)
+        if both is not None:
+            raise cli.UserError(
+                f"{name}: line {both + 2} lists {sorted(set(labels[both]) & set(unknown[both]))[0]!r}"
+                " as both a label and unknown"
+            )
     root = _audio_root(name, os.path.dirname(path), [r["path"] for r in rows], audio_root)
     return Task(
         name=os.path.splitext(os.path.basename(path))[0],
         csv=path,
         paths=[os.path.abspath(os.path.join(root, r["path"])) for r in rows],
         labels=labels,
-        classes=sorted({c for row in labels for c in row}),
+        classes=sorted({c for row in labels + (unknown or []) for c in row}),
         multilabel=multilabel,
         kfold=group == "fold",
         groups=groups,
+        unknown=unknown,
     )
+
+
+def _split_classes(text: str) -> tuple[str, ...]:
+    """`a;b` -> ("a", "b"), blanks dropped."""
+    return tuple(s for s in (p.strip() for p in text.split(";")) if s)
 
 
 def _read_rows(path: str) -> tuple[list[str], list[dict]]:
@@ -139,15 +164,18 @@ def _read_rows(path: str) -> tuple[list[str], list[dict]]:
     return header, rows
 
 
-def _check_columns(name: str, header: list[str]) -> str:
-    """The grouping column, `split` or `fold`; UserError naming required and found columns."""
+def _check_columns(name: str, header: list[str]) -> tuple[str, str]:
+    """The grouping column (`split` or `fold`) and the label column (`label`, or `labels` for a
+    multi-label task); UserError naming the required and found columns."""
     group = "fold" if "fold" in header else "split"
-    if not {"path", "label", group} <= set(header):
+    column = "labels" if "labels" in header else "label"
+    if not {"path", column, group} <= set(header):
         found = ", ".join(header) if header else "none (empty file)"
         raise cli.UserError(
-            f"{name}: needs the columns path,label,split or path,label,fold; found: {found}"
+            f"{name}: needs the columns path,label,split or path,label,fold (multi-label: "
+            f"path,labels[,unknown],split); found: {found}"
         )
-    return group
+    return group, column
 
 
 def _check_groups(name: str, group: str, groups: list[str]) -> None:
@@ -215,34 +243,58 @@ def fix_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
     return out
 
 
-def _load_clip(path: str, num_samples: int) -> np.ndarray:
+def _load_clip(path: str, num_samples: int | None) -> np.ndarray | audio.AudioError:
+    """The clip at 16 kHz, cut or padded to `num_samples` (None: whole), or why it failed."""
     try:
-        return fix_length(audio.load_audio(path, SAMPLE_RATE), num_samples)
+        wave = audio.load_audio(path, SAMPLE_RATE)
     except audio.AudioError as e:
-        raise cli.UserError(f"cannot load {shown(path)}: {e}; fix or drop it from the CSV") from e
+        return e
+    return wave if num_samples is None else fix_length(wave, num_samples)
 
 
-def embed_clips(featurizer, paths: list[str], num_samples: int, desc: str = "") -> np.ndarray:
-    """(n, D) float32 embeddings of fixed-length clips; loading overlaps with embedding."""
+def embed_clips(
+    featurizer, paths: list[str], num_samples: int | None, desc: str = "", skip_bad: bool = False
+) -> tuple[np.ndarray, dict[int, str]]:
+    """(n_ok, D) float32 embeddings of the clips, loading overlapped with embedding.
+
+    Each clip is cut or zero-padded to `num_samples`, or kept whole (None: the encoder chunks
+    it). A clip that does not decode raises `cli.UserError`, or with `skip_bad` is left out:
+    the second value maps its row index to the reason (an `AudioError`'s), and the rows of the
+    embeddings are the other clips, in order.
+    """
     chunks = [paths[i : i + EMBED_CHUNK] for i in range(0, len(paths), EMBED_CHUNK)]
-    out = []
+    out, failed = [], {}
     bar = cli.progress(len(paths), desc=desc, unit="clip")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[0]]
         for i in range(len(chunks)):
-            waves = [f.result() for f in pending]
+            loaded = [f.result() for f in pending]
             if i + 1 < len(chunks):
                 pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[i + 1]]
-            e = np.asarray(featurizer.embed(waves, SAMPLE_RATE), np.float32)
-            if e.ndim != 2 or len(e) != len(waves) or not np.isfinite(e).all():
-                raise ValueError(
-                    f"the featurizer returned {e.shape} (finite: {np.isfinite(e).all()}) for "
-                    f"{len(waves)} clips; expected finite (n, dim) embeddings"
-                )
-            out.append(e)
-            bar.update(len(waves))
+            waves = []
+            for j, wave in enumerate(loaded):
+                if isinstance(wave, audio.AudioError):
+                    path = chunks[i][j]
+                    if not skip_bad:
+                        raise cli.UserError(
+                            f"cannot load {shown(path)}: {wave}; fix or drop it from the CSV"
+                        ) from wave
+                    failed[i * EMBED_CHUNK + j] = cli.one_line(wave)
+                else:
+                    waves.append(wave)
+            if waves:
+                e = np.asarray(featurizer.embed(waves, SAMPLE_RATE), np.float32)
+                if e.ndim != 2 or len(e) != len(waves) or not np.isfinite(e).all():
+                    raise ValueError(
+                        f"the featurizer returned {e.shape} (finite: {np.isfinite(e).all()}) "
+                        f"for {len(waves)} clips; expected finite (n, dim) embeddings"
+                    )
+                out.append(e)
+            bar.update(len(loaded))
     bar.close()
-    return np.concatenate(out)
+    if not out:
+        raise cli.UserError(f"none of the {len(paths)} clips could be loaded")
+    return np.concatenate(out), failed
 
 
 def _stamp(path: str) -> str:
@@ -278,7 +330,7 @@ def cached_embeddings(task: Task, path: str, clip_seconds: float, featurizer) ->
         with np.load(path) as z:
             return z["embeddings"]
     num_samples = round(clip_seconds * SAMPLE_RATE)
-    emb = embed_clips(featurizer, task.paths, num_samples, desc=f"embed {task.name}")
+    emb, _ = embed_clips(featurizer, task.paths, num_samples, desc=f"embed {task.name}")
     cli.make_dir(os.path.dirname(path))
     with open(path + ".tmp", "wb") as f:
         np.savez(f, embeddings=emb, paths=np.array(task.paths))

@@ -44,6 +44,7 @@ CAPS = {
     "matpac_jax.tools.bench_attention": {"--batch_size": 2, "--seconds": 0.05, "--matmul_n": 256},
     "matpac_jax.tools.cost": {"--batch_size": 8},
     "matpac_jax.evaluation.probe": {"--seeds": 1},
+    "matpac_jax.evaluation.suite": {"--seeds": 2},
 }
 
 

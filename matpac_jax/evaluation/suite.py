@@ -1,0 +1,465 @@
+"""The papers' linear-probe table in one command: MATPAC++ Table 1's seven tasks.
+
+Usage::
+
+    python -m matpac_jax.evaluation.suite --encoder SPEC --data_root DIR --out OUT
+        [--protocol evar|grid] [--seeds 3] [--tasks esc50,nsynth,...] [--crop fsd50k=7.64]
+        [--mtt all] [--cache DIR]
+
+DIR holds each dataset's official layout in a folder of its own (docs/datasets.md says what
+goes in each): `openmic/`, `nsynth/`, `gtzan/`, `magnatagatune/`, `fsd50k/`, `esc50/`,
+`urbansound8k/` (the other names in `FOLDERS` work too). Whichever it finds it runs; each
+missing one is listed, not an error. A folder that is there but incomplete is an error, before
+any embedding work.
+
+For each task: the clips of the official protocol (the builders of `matpac_jax.datasets`,
+written as `OUT/tasks/TASK.csv`), the papers' embedding (SPEC's last layer, the frequency
+patches of each 16-frame step concatenated, 3,840-d for ViT-B, mean over the time steps, whole
+clips in the encoder's precise 608-frame chunks; `--crop TASK=S` cuts or pads that task's clips
+to S seconds instead, as EVAR does FSD50K's to 7.64 s), cached under `--cache` (default
+`OUT/cache`) so that a second run, or one with a task added, embeds nothing again; then the
+probe (`--protocol evar`, the papers' fixed learning rate, by default; `grid` chooses it on
+validation) over `--seeds` seeds, with the official folds of ESC-50 and UrbanSound8K. A clip
+that does not decode is left out and reported.
+
+Writes `OUT/table.md`, `OUT/table.json` and `OUT/table.png` (our row, with 95% intervals,
+beside the published MATPAC++, MATPAC and M2D rows, and the average over the tasks present),
+plus the probe's own `OUT/report.json` / `report.md`. `--encoder logmel` gives the log-mel
+baseline's row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from matpac_jax import cli
+from matpac_jax.evaluation import probe as probe_cli
+from matpac_jax.evaluation import report as probe_report
+from matpac_jax.evaluation import tasks as probe_data
+from matpac_jax.evaluation.tasks import shown
+
+PROG = "python -m matpac_jax.evaluation.suite"
+
+# The seven tasks in Table 1's column order: (key, column title, metric, dataset name).
+TASKS = (
+    ("openmic", "OpenMIC", "mAP", "openmic"),
+    ("nsynth", "NSynth", "acc", "nsynth"),
+    ("gtzan", "GTZAN", "acc", "gtzan"),
+    ("magnatagatune", "MTT", "mAP", "magnatagatune"),
+    ("fsd50k", "FSD50K", "mAP", "fsd50k"),
+    ("esc50", "ESC-50", "acc", "esc50"),
+    ("urbansound8k", "US8K", "acc", "urbansound8k"),
+)
+# Folder names under --data_root, first found wins.
+FOLDERS = {
+    "openmic": ("openmic", "openmic-2018", "OpenMIC-2018"),
+    "nsynth": ("nsynth", "NSynth"),
+    "gtzan": ("gtzan", "GTZAN"),
+    "magnatagatune": ("magnatagatune", "mtt", "MagnaTagATune"),
+    "fsd50k": ("fsd50k", "FSD50K"),
+    "esc50": ("esc50", "ESC-50"),
+    "urbansound8k": ("urbansound8k", "UrbanSound8K", "us8k"),
+}
+# Linear-probe results published in MATPAC++ (arXiv 2508.12709), Table 1: percent, accuracy or
+# mAP (OpenMIC, MTT, FSD50K), mean over runs; in TASKS order.
+PUBLISHED = {
+    "MATPAC++": (85.6, 76.8, 87.6, 40.8, 56.1, 93.1, 89.7),
+    "MATPAC": (85.5, 76.2, 85.5, 41.1, 55.6, 93.0, 89.7),
+    "M2D": (84.8, 76.2, 84.3, 40.6, 53.4, 92.1, 88.5),
+}
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class Found:
+    """A task whose data is under --data_root."""
+
+    key: str
+    dataset: str  # the datasets' name (magnatagatune/all with --mtt all)
+    manual_dir: str
+    task: probe_data.Task | None = None
+
+
+def find_tasks(data_root: str, wanted: list[str], mtt: str) -> tuple[list[Found], list[str]]:
+    """The wanted tasks with a folder under `data_root`, and the names of those without one."""
+    found, missing = [], []
+    for key in wanted:
+        folder = next(
+            (
+                os.path.join(data_root, f)
+                for f in FOLDERS[key]
+                if os.path.isdir(os.path.join(data_root, f))
+            ),
+            None,
+        )
+        if folder is None:
+            missing.append(key)
+            continue
+        dataset = "magnatagatune/all" if key == "magnatagatune" and mtt == "all" else key
+        found.append(Found(key, dataset, folder))
+    return found, missing
+
+
+def write_tasks(found: list[Found], out: str) -> None:
+    """Lists each task's clips from its official layout into OUT/tasks/KEY.csv and reads it back.
+
+    Raises:
+      cli.UserError: a folder that does not hold its dataset's complete layout.
+    """
+    from matpac_jax import datasets  # pylint: disable=g-import-not-at-top (tfds: after the checks)
+
+    for f in found:
+        csv_path = os.path.join(out, "tasks", f"{f.key}.csv")
+        try:
+            rows = datasets.write_task_csv(f.dataset, f.manual_dir, csv_path, progress=True)
+        except datasets.ManualDirError as e:
+            raise cli.UserError(
+                f"{shown(f.manual_dir)}: not a complete {f.dataset} copy: "
+                f"{cli.one_line(e).rstrip('.')} (the layouts: docs/datasets.md)"
+            ) from e
+        f.task = probe_data.read_task(csv_path)
+        print(f"{f.key}: {rows} clips ({shown(csv_path)})", flush=True)
+
+
+def cache_file(task: probe_data.Task, spec: str, crop: float | None, cache_dir: str) -> str:
+    """Where the task's whole-clip (or cropped) embeddings by `spec` are cached."""
+    length = "whole" if crop is None else f"{round(crop * probe_data.SAMPLE_RATE)}"
+    stamps = "".join(f"{p}:{os.path.getsize(p)}:{os.stat(p).st_mtime_ns};" for p in task.paths)
+    key = f"{_CACHE_VERSION}|{probe_data.encoder_fingerprint(spec)}|{length}|{stamps}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"suite-{task.name}-{length}-{digest}.npz")
+
+
+def embeddings(task, path: str, crop: float | None, featurizer) -> tuple[np.ndarray, dict]:
+    """(embeddings of the clips that decode, {row: why it did not}), from the cache or made."""
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return z["embeddings"], dict(zip(z["failed_rows"].tolist(), z["failed_why"].tolist()))
+    samples = None if crop is None else round(crop * probe_data.SAMPLE_RATE)
+    emb, failed = probe_data.embed_clips(
+        featurizer, task.paths, samples, desc=f"embed {task.name}", skip_bad=True
+    )
+    cli.make_dir(os.path.dirname(path))
+    with open(path + ".tmp", "wb") as f:
+        np.savez(
+            f,
+            embeddings=emb,
+            failed_rows=np.array(sorted(failed), np.int64),
+            failed_why=np.array([failed[r] for r in sorted(failed)], str),
+        )
+    os.replace(path + ".tmp", path)
+    return emb, failed
+
+
+def without_rows(task: probe_data.Task, rows: dict) -> probe_data.Task:
+    """`task` less the rows in `rows` (clips that did not decode)."""
+    keep = [i for i in range(len(task.paths)) if i not in rows]
+    pick = lambda values: None if values is None else [values[i] for i in keep]  # noqa: E731
+    return dataclasses.replace(
+        task,
+        paths=pick(task.paths),
+        labels=pick(task.labels),
+        groups=pick(task.groups),
+        unknown=pick(task.unknown),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+
+def table(entries: dict[str, dict], spec: str, missing: list[str], protocol: str) -> dict:
+    """table.json's content: our row (percent, mean and 95% half-width per task), the published
+    rows, and the averages over the tasks present and over all seven."""
+    ours = {}
+    for key, title, metric, _ in TASKS:
+        e = entries.get(key)
+        if e is not None:
+            half = e["ci95"]
+            ours[key] = {
+                "mean": 100 * e["mean"],
+                "ci95": None if half is None else 100 * half,
+                "metric": metric,
+                "n_test": int(np.sum(e["n_test"])),
+                "skipped_clips": len(e.get("skipped", {})),
+            }
+            if "auc_mean" in e:  # None where undefined (no known negative in a test class)
+                auc = e["auc_mean"]
+                ours[key]["roc_auc"] = None if auc is None or np.isnan(auc) else 100 * auc
+    present = [k for k, *_ in TASKS if k in ours]
+    published = {}
+    for name, values in PUBLISHED.items():
+        row = dict(zip([k for k, *_ in TASKS], values))
+        published[name] = {
+            "scores": row,
+            "avg_present": float(np.mean([row[k] for k in present])) if present else None,
+            "avg_all": float(np.mean(values)),
+        }
+    return {
+        "encoder": spec,
+        "protocol": protocol,
+        "columns": [{"key": k, "title": t, "metric": m} for k, t, m, _ in TASKS],
+        "present": present,
+        "missing": missing,
+        "ours": {
+            "scores": ours,
+            "avg_present": float(np.mean([ours[k]["mean"] for k in present])) if present else None,
+        },
+        "published": published,
+        "source": "MATPAC++ (arXiv 2508.12709), Table 1",
+    }
+
+
+def render_table(t: dict) -> str:
+    """table.md: the rows, the averages and what each figure is."""
+    cols = [c["key"] for c in t["columns"]]
+    titles = [c["title"] for c in t["columns"]]
+    lines = [
+        f"# Linear-probe table: `{t['encoder']}`",
+        "",
+        f"Protocol `{t['protocol']}` (docs/probe.md). Percent: accuracy, or mAP for OpenMIC, MTT "
+        "and FSD50K. Ours: mean ± 95% CI over seeds (ESC-50, US8K: a seed's score is its mean "
+        f"over the official folds). Published: {t['source']}.",
+        "",
+        "| model | " + " | ".join(titles) + " | avg (tasks here) | avg (all 7) |",
+        "|---|" + "---|" * (len(cols) + 2),
+    ]
+    ours = t["ours"]["scores"]
+    cells = []
+    for k in cols:
+        s = ours.get(k)
+        if s is None:
+            cells.append("–")
+        else:
+            cells.append(f"{s['mean']:.1f}" + ("" if s["ci95"] is None else f" ± {s['ci95']:.1f}"))
+    avg = t["ours"]["avg_present"]
+    complete = not t["missing"]
+    lines.append(
+        f"| **ours** (`{t['encoder']}`) | " + " | ".join(cells) + f" | {_num(avg)} | "
+        f"{_num(avg) if complete else '–'} |"
+    )
+    for name, row in t["published"].items():
+        values = " | ".join(f"{row['scores'][k]:.1f}" for k in cols)
+        lines.append(f"| {name} | {values} | {_num(row['avg_present'])} | {row['avg_all']:.1f} |")
+    extra = []
+    if t["missing"]:
+        extra.append(f"Not found under --data_root: {', '.join(t['missing'])}.")
+    aucs = [f"{k} {_num(ours[k]['roc_auc'])}" for k in cols if k in ours and "roc_auc" in ours[k]]
+    if aucs:
+        extra.append(f"Macro ROC-AUC of the multi-label tasks (ours): {', '.join(aucs)}.")
+    skipped = [
+        f"{k} {ours[k]['skipped_clips']}" for k in cols if ours.get(k, {}).get("skipped_clips")
+    ]
+    if skipped:
+        extra.append(
+            f"Clips left out because they do not decode: {', '.join(skipped)} (report.json)."
+        )
+    if extra:
+        lines += [""] + extra
+    lines += ["", "![the table as bars](table.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def plot_table(t: dict, path: str) -> None:
+    """Grouped bars: per task present and their average, ours (with its 95% interval) beside
+    the published rows."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    present = t["present"]
+    titles = {c["key"]: c["title"] for c in t["columns"]}
+    labels = [titles[k] for k in present] + ["avg"]
+    ours = t["ours"]["scores"]
+    rows = [
+        (
+            f"ours ({t['encoder']})",
+            [ours[k]["mean"] for k in present] + [t["ours"]["avg_present"]],
+            [ours[k]["ci95"] or 0.0 for k in present] + [0.0],
+        )
+    ]
+    for name, row in t["published"].items():
+        rows.append((name, [row["scores"][k] for k in present] + [row["avg_present"]], None))
+    x = np.arange(len(labels))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(3.2 + 1.1 * len(labels), 4.2))
+    for i, (name, values, errors) in enumerate(rows):
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=name
+        )
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("% (accuracy; mAP for OpenMIC, MTT, FSD50K)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"linear probe, protocol {t['protocol']}: ours vs published (95% CI over seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+
+def run(
+    spec: str,
+    data_root: str,
+    out: str,
+    *,
+    wanted: list[str] | None = None,
+    seeds: int = 3,
+    protocol: str = "evar",
+    crops: dict[str, float] | None = None,
+    mtt: str = "tagged",
+    cache_dir: str | None = None,
+    featurizer=None,
+) -> dict:
+    """Runs the suite (module docstring); returns table.json's content."""
+    crops = crops or {}
+    found, missing = find_tasks(data_root, wanted or [k for k, *_ in TASKS], mtt)
+    if not found:
+        names = ", ".join(f"{k}/" for k, *_ in TASKS)
+        raise cli.UserError(
+            f"--data_root {shown(data_root)}: none of the tasks' folders is there (expected "
+            f"any of {names}; the layouts: docs/datasets.md)"
+        )
+    if missing:
+        print(f"not found under {shown(data_root)}: {', '.join(missing)}", flush=True)
+    cfg = probe_cli.config(protocol)
+    cache_dir = cache_dir or os.path.join(out, "cache")
+    with cli.removed_on_failure(out):  # a wrong folder or encoder leaves nothing behind
+        cli.make_dir(out)
+        write_tasks(found, out)
+        paths = [cache_file(f.task, spec, crops.get(f.key), cache_dir) for f in found]
+        if featurizer is None and not all(map(os.path.exists, paths)):
+            from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: after the checks)
+
+            featurizer = inference.load_encoder(spec)
+    entries = {}
+    for f, path in zip(found, paths):
+        crop = crops.get(f.key)
+        cached = os.path.exists(path)
+        emb, failed = embeddings(f.task, path, crop, featurizer)
+        for row, why in sorted(failed.items()):
+            probe_cli.warn(f.key, f"left out {shown(f.task.paths[row])}: {why}")
+        task = without_rows(f.task, failed)
+        warnings = probe_cli.data_warnings(task)
+        entry = probe_cli.probe_task(task, emb, spec, crop, seeds, cfg, out, warnings)
+        entry["skipped"] = {f.task.paths[r]: why for r, why in failed.items()}
+        entry["embeddings_cached"] = cached
+        entries[f.key] = entry
+        print(
+            f"{f.key}: {entry['metric']} {probe_report.score_text(entry)} "
+            f"({'cached' if cached else 'embedded'}, probe {entry['probe_seconds']} s)",
+            flush=True,
+        )
+    report = {
+        "encoder": spec,
+        "protocol": probe_cli.protocol_record(cfg),
+        "tasks": [entries[f.key] for f in found],
+    }
+    probe_report.write_report(out, report)
+    result = table(entries, spec, missing, cfg.protocol)
+    with open(os.path.join(out, "table.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(os.path.join(out, "table.md"), "w") as fh:
+        fh.write(render_table(result))
+    plot_table(result, os.path.join(out, "table.png"))
+    return result
+
+
+def _crops(values: list[str], known: list[str]) -> dict[str, float]:
+    """`--crop TASK=SECONDS` (repeatable) as {task: seconds}."""
+    out = {}
+    for text in values:
+        key, _, seconds = text.partition("=")
+        if key not in known:
+            raise cli.UserError(f"--crop {text}: unknown task {key!r}; tasks: {', '.join(known)}")
+        try:
+            out[key] = float(seconds)
+        except ValueError:
+            raise cli.UserError(f"--crop {text}: expected TASK=SECONDS, e.g. fsd50k=7.64") from None
+        if not out[key] > 0:
+            raise cli.UserError(f"--crop {text}: the seconds must be greater than 0")
+    return out
+
+
+def _parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(PROG, __doc__)
+    p.add_argument("--encoder", required=True, help="export dir, workdir, random[:VARIANT], logmel")
+    p.add_argument("--data_root", required=True, help="folder holding the datasets' folders")
+    p.add_argument("--out", required=True, help="folder for table.md/.json/.png and the reports")
+    p.add_argument(
+        "--protocol",
+        choices=("evar", "grid"),
+        default="evar",
+        help="evar (default): the papers' fixed lr 3e-5; grid: chosen on validation",
+    )
+    p.add_argument("--seeds", type=cli.int_at_least(1), default=3, help="classifier seeds 0..N-1")
+    p.add_argument("--tasks", help="comma-separated subset of: " + ",".join(k for k, *_ in TASKS))
+    p.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="TASK=SECONDS",
+        help="cut or pad TASK's clips to SECONDS (EVAR: fsd50k=7.64); default whole",
+    )
+    p.add_argument(
+        "--mtt",
+        choices=("tagged", "all"),
+        default="tagged",
+        help="MagnaTagATune clips: with a top-50 tag (default) or all",
+    )
+    p.add_argument("--cache", help="embedding cache folder (default OUT/cache)")
+    return p
+
+
+def _main(argv) -> int:
+    args = _parser().parse_args(argv)
+    known = [k for k, *_ in TASKS]
+    wanted = known
+    if args.tasks:
+        wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in known]
+        if unknown:
+            raise cli.UserError(f"--tasks: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    crops = _crops(args.crop, known)
+    data_root = cli.input_dir(args.data_root, "--data_root")
+    out = cli.output_dir(args.out, "--out")
+    cache = args.cache and cli.output_dir(args.cache, "--cache")
+    start = time.time()
+    run(
+        args.encoder,
+        data_root,
+        out,
+        wanted=wanted,
+        seeds=args.seeds,
+        protocol=args.protocol,
+        crops=crops,
+        mtt=args.mtt,
+        cache_dir=cache,
+    )
+    print(f"-> {shown(os.path.join(out, 'table.md'))} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; see the module docstring."""
+    return cli.run(_main, sys.argv[1:] if argv is None else list(argv), prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
