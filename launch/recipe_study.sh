@@ -12,10 +12,11 @@
 #   STUDY_NUM_PRETRAIN  pretraining clips of the demo corpus (default 1000, the demo's own)
 #   STUDY_SEEDS         probe seeds (default 10)
 #
-# Writes STUDY_DIR/NAME (the training workdir, its plots/ and probe/), STUDY_DIR/NAME_random
-# and STUDY_DIR/NAME/probe/table.md; STUDY_DIR/audio and STUDY_DIR/mels are made once and reused.
+# Writes STUDY_DIR/NAME (the training workdir, its plots/ and probe/), STUDY_DIR/NAME_random,
+# STUDY_DIR/NAME/probe/table.md and probe/agreement.txt (tools/agreement.py); STUDY_DIR/audio
+# and STUDY_DIR/mels are made once and reused.
 if [ $# -lt 2 ]; then
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
 fi
 NAME="$1"; CONFIG="$2"; shift 2
@@ -55,3 +56,6 @@ step python -m matpac_jax.evaluation.probe --encoder "$DIR/${NAME}_random" "${PR
   || step python -m matpac_jax.evaluation.probe --encoder logmel "${PROBE[@]}" --out "$DIR/probe_logmel_${NUM}_s$SEEDS"
 step python -m matpac_jax.evaluation.probe table "$DIR/$NAME/probe/pretrained" "$DIR/$NAME/probe/random" \
   "$DIR/probe_logmel_${NUM}_s$SEEDS" --names "$NAME" "random init" "log-mel" --out "$DIR/$NAME/probe/table.md"
+# Do the run's last in-training evaluation and the table rank the three encoders alike?
+step python -m matpac_jax.tools.agreement "$DIR/$NAME" --reports "$DIR/$NAME/probe/pretrained" \
+  "$DIR/$NAME/probe/random" "$DIR/probe_logmel_${NUM}_s$SEEDS" | tee "$DIR/$NAME/probe/agreement.txt"

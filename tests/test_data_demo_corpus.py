@@ -117,7 +117,7 @@ def test_task_csvs_cover_every_class_in_every_split(corpus):
     assert len(manifest["tasks"]["event"]["classes"]) == 4
 
 
-@pytest.mark.parametrize("num_labelled", [dc.MIN_LABELLED, 100, 1500])
+@pytest.mark.parametrize("num_labelled", [dc.MIN_LABELLED, 100, 1500, dc.DEFAULT_LABELLED])
 def test_schedule_guarantees_coverage_and_proportions(num_labelled):
     slots = dc.labelled_schedule(num_labelled)
     assert len(slots) == num_labelled

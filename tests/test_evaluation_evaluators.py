@@ -92,9 +92,28 @@ def test_knn_score_over_partitions():
     task = evaluators.EvalTask(
         "t", y, [probe_lib.Partition(np.array([0, 1, 3, 4]), None, np.array([2, 5]))], 2, False, ""
     )
-    assert evaluators.knn_score(x, task, evaluators.Protocol()) == 1.0
+    assert evaluators.knn_score(x, task, evaluators.Protocol()) == (1.0, 0.0)  # no spread
     task.y = np.array([1, 1, 0, 0, 0, 1])  # the memory's labels swapped, the test's kept
-    assert evaluators.knn_score(x, task, evaluators.Protocol()) == 0.0
+    assert evaluators.knn_score(x, task, evaluators.Protocol()) == (0.0, 0.0)
+
+
+def test_interval_is_the_spread_of_the_score_over_resampled_test_clips():
+    rng = np.random.default_rng(0)
+    ys = [rng.integers(0, 3, 150), rng.integers(0, 3, 90)]
+    votes = [np.eye(3)[np.where(rng.random(len(y)) < 0.6, y, (y + 1) % 3)] for y in ys]
+    value, half = evaluators.score_with_interval(ys, votes, resamples=4000)
+    correct = [np.argmax(v, 1) == y for y, v in zip(ys, votes)]
+    assert value == pytest.approx(np.mean([c.mean() for c in correct]))
+    # Independent: the binomial standard error of each partition's accuracy, then of their mean.
+    se = np.sqrt(sum(c.mean() * (1 - c.mean()) / len(c) for c in correct)) / 2
+    assert half == pytest.approx(1.96 * se, rel=0.05)
+    # Multi-label: the spread of the macro mAP, with the protocol's own mAP as its centre.
+    from matpac_jax.evaluation import protocol as probe_lib
+
+    y = (rng.random((120, 4)) < 0.3).astype(np.float32)
+    scores = y + rng.normal(size=y.shape)
+    value, half = evaluators.score_with_interval([y], [scores])
+    assert value == probe_lib.mean_average_precision(y, scores) and 0.01 < half < 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +155,18 @@ def test_load_params_gives_the_scores_of_a_fresh_encoder(task_csv, tmp_path):
     expected = ev.evaluate(b)
     a.load_params(b.params())
     assert ev.evaluate(a) == expected
-    assert set(expected) == {"eval/tones/knn_acc"} and 0.0 <= expected["eval/tones/knn_acc"] <= 1.0
+    assert set(expected) == {"eval/tones/knn_acc", "eval/tones/knn_acc_ci95"}
+    assert 0.0 <= expected["eval/tones/knn_acc"] <= 1.0 and expected["eval/tones/knn_acc_ci95"] >= 0
 
 
 def test_linear_protocol_separates_tones(task_csv, tmp_path):
     protocol = evaluators.Protocol(("knn", "linear"), linear_max_train=12)
     ev = evaluators.Evaluator([task_csv], audio.FrontEnd(), str(tmp_path), "", protocol)
     scores = ev.evaluate(inference.LogMelBaseline())
-    assert set(scores) == {"eval/tones/knn_acc", "eval/tones/linear_acc"}
+    assert {k for k in scores if not k.endswith("_ci95")} == {
+        "eval/tones/knn_acc",
+        "eval/tones/linear_acc",
+    }
     assert scores["eval/tones/knn_acc"] == 1.0 and scores["eval/tones/linear_acc"] >= 0.6
     assert ev.evaluate(inference.LogMelBaseline()) == scores  # a fixed subsample and seed
 

@@ -200,10 +200,11 @@ def test_kfold_scores_are_fold_means(tmp_path):
     y = task.targets()
     rng = np.random.default_rng(0)
     x = (3 * np.eye(3)[y] @ rng.normal(size=(3, 32)) + rng.normal(size=(90, 32))).astype(np.float32)
-    # A grid of two: the choice is made per seed and per fold.
+    # A grid of two: the choice is made per fold, on validation pooled over the seeds.
     cfg = probe_lib.ProbeConfig(learning_rates=(1e-3, 1e-2), max_epochs=40, patience=5)
     result = probe_lib.evaluate(x, y, parts, num_classes=3, seeds=(0, 1), cfg=cfg)
 
+    runs = {}  # (seed, fold): the grid trained by hand, and its test rows standardised
     for s, seed in enumerate((0, 1)):
         for f, part in enumerate(parts):
             assert set(part.test) == {i for i in range(90) if rows[i][2] == str(f + 1)}
@@ -212,7 +213,7 @@ def test_kfold_scores_are_fold_means(tmp_path):
             )
             train, valid = part.train[keep], part.train[held]
             scaler = probe_lib.fit_scaler(x[part.train])
-            params, stops = probe_lib.train_linear(
+            runs[s, f] = probe_lib.train_linear(
                 probe_lib.standardize(scaler, x[train]),
                 y[train],
                 probe_lib.standardize(scaler, x[valid]),
@@ -220,15 +221,19 @@ def test_kfold_scores_are_fold_means(tmp_path):
                 num_classes=3,
                 seed=seed,
                 cfg=cfg,
-            )
-            valid = [stop.best_score for stop in stops]
-            g = int(np.lexsort(([stop.best_loss for stop in stops], -np.array(valid)))[0])
-            test_x = probe_lib.standardize(scaler, x[part.test])
+            ) + (probe_lib.standardize(scaler, x[part.test]),)
+    for f, part in enumerate(parts):
+        valid = np.mean([[stop.best_score for stop in runs[s, f][1]] for s in (0, 1)], axis=0)
+        loss = np.mean([[stop.best_loss for stop in runs[s, f][1]] for s in (0, 1)], axis=0)
+        g = int(np.lexsort((loss, -valid))[0])  # the best mean score; ties: the lower mean loss
+        for s in (0, 1):
+            params, stops, test_x = runs[s, f]
             logits = np.asarray(probe_train.predict(probe_train.member(params, g), test_x))
-            assert result["valid_by_lr"][s][f] == valid
-            assert result["learning_rate"][s][f] == cfg.learning_rates[g]
+            assert result["valid_by_lr"][s][f] == [stop.best_score for stop in stops]
+            assert result["learning_rate"][s][f] == cfg.learning_rates[g]  # both seeds: one lr
             assert result["fold_scores"][s][f] == probe_lib.accuracy(y[part.test], logits)
             assert result["best_epoch"][s][f] == stops[g].best_epoch
+    for s in (0, 1):
         assert result["scores"][s] == pytest.approx(np.mean(result["fold_scores"][s]))
     assert result["mean"] == pytest.approx(np.mean(result["scores"])) and result["mean"] > 0.8
     assert result["n_test"] == [30, 30, 30] and np.sum(result["confusion"]) == 180
@@ -312,10 +317,14 @@ def test_grid_chooses_the_lr_that_single_runs_score_best_on_validation():
         np.testing.assert_array_equal(result["valid_by_lr"][s][0], valid)
         assert_close(result["valid_loss_by_lr"][s][0], loss, depth=PROBE_DEPTH)
         assert valid.max() > valid.min() + 0.2  # the toy makes the choice matter
-        # The best score; ties: the lower loss (lexsort's last key is the primary one).
-        g = int(np.lexsort((loss, -valid))[0])
+    # The best validation score averaged over the seeds; ties: the lower mean loss (lexsort's
+    # last key is the primary one). One learning rate for every seed.
+    mean_valid = np.mean([[r["valid_by_lr"][s][0][0] for r in single] for s in range(3)], axis=0)
+    mean_loss = np.mean([r["valid_loss_by_lr"] for r in single], axis=(1, 2, 3))
+    g = int(np.lexsort((mean_loss, -mean_valid))[0])
+    chosen = single[g]
+    for s in range(len(seeds)):
         assert result["learning_rate"][s][0] == grid.learning_rates[g]
-        chosen = single[g]
         np.testing.assert_allclose(
             result["fold_scores"][s][0], chosen["fold_scores"][s][0], rtol=0, atol=1e-6
         )

@@ -60,6 +60,7 @@ def _write_run(workdir, rows, baselines=None):
     evals = [{"step": 0}] + [r for r in rows if r["step"] % 100 == 0]
     for i, r in enumerate(evals):
         r.update({"eval/pitch/knn_acc": 0.2 + 0.05 * i, "eval/pitch/teacher_knn_acc": 0.3})
+        r.update({"eval/pitch/knn_acc_ci95": 0.05})
         r.update({"eval/event/knn_acc": 0.5, "eval/seconds": 1.5})
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in [evals[0], *rows])
@@ -69,7 +70,7 @@ def _write_run(workdir, rows, baselines=None):
 
 
 BASELINES = {
-    "random": {"eval/pitch/knn_acc": 0.25, "eval/event/knn_acc": 0.4},
+    "init": {"eval/pitch/knn_acc": 0.25, "eval/event/knn_acc": 0.4},
     "logmel": {"eval/pitch/knn_acc": 0.7, "eval/event/knn_acc": 0.6},
 }
 
@@ -84,7 +85,9 @@ def test_summary_lists_evaluations_and_plots(tmp_path, capsys):
     _write_run(workdir, rows, BASELINES)
     assert run_summary.main([workdir, "--rows", "4", "--plot"]) == 0
     out = capsys.readouterr().out
-    expected = "step 0 0.200, step 400 0.400, best 0.400 (step 400), random 0.250, logmel 0.700"
+    expected = (
+        "step 0 0.200, step 400 0.400 ± 0.050, best 0.400 (step 400), init 0.250, logmel 0.700"
+    )
     assert f"  pitch/knn_acc: {expected}" in out
     assert "  pitch/teacher_knn_acc: step 0 0.300, step 400 0.300, best 0.300 (step 0)" in out
     assert "5 evaluations, 7.5 s in all" in out

@@ -226,6 +226,7 @@ def _eval_args(eval_tasks):
     return [
         f"--config.evals={tones},{shuffled}",
         f"--config.eval_every={EVAL_EVERY}",
+        "--config.eval_protocols=knn",  # runlocal's is linear: kNN is the cheaper to test with
         "--config.eval_knn_k=5",  # a vote of few neighbours: scores that move with the weights
         "--config.eval_teacher=true",
         f"--config.eval_cache={cache}",
@@ -267,6 +268,7 @@ def test_evaluations_are_logged_with_baselines(eval_reference):
     scores = _scores(rows)
     assert sorted(scores) == list(range(0, TOTAL + 1, EVAL_EVERY))
     keys = {f"eval/{t}/{p}knn_acc" for t in ("tones", "shuffled") for p in ("", "teacher_")}
+    keys |= {k + "_ci95" for k in keys}  # each score's 95% interval over the test clips
     assert all(set(s) == keys for s in scores.values())
     assert set(rows[0]) == keys | {"step", "eval/seconds"}  # step 0: before training
     assert sorted(s for s, r in rows.items() if "loss" in r) == list(range(5, TOTAL + 1, 5))
@@ -274,9 +276,28 @@ def test_evaluations_are_logged_with_baselines(eval_reference):
     assert len(set(shuffled)) > 1, shuffled  # else the equality tests below would prove little
     with open(os.path.join(eval_reference, "eval_baselines.json")) as f:
         baselines = json.load(f)
+    # The baseline is the run's own initial weights: its step-0 evaluation, to the bit.
+    assert baselines["init"] == scores[0]
     student = {k for k in keys if "teacher" not in k}
-    assert set(baselines["random"]) == set(baselines["logmel"]) == student
+    assert set(baselines["logmel"]) == student
     assert baselines["logmel"]["eval/tones/knn_acc"] == 1.0
+
+
+def test_baselines_made_again_on_resume_score_the_initial_weights(
+    eval_reference, data_dir, eval_tasks, tmp_path
+):
+    # A resumed run without eval_baselines.json (evaluators added on resume, a lost file)
+    # makes the initial weights again and scores them: the step-0 evaluation's numbers.
+    workdir = str(tmp_path / "run")
+    shutil.copytree(eval_reference, workdir)
+    os.remove(os.path.join(workdir, "eval_baselines.json"))
+    out = _run(_cmd(workdir, data_dir, *_eval_args(eval_tasks)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(os.path.join(workdir, "eval_baselines.json")) as f:
+        again = json.load(f)
+    step0 = _scores(_rows(eval_reference))[0]
+    assert again["init"] == step0
+    assert not any(s == step0 for s in list(_scores(_rows(eval_reference)).values())[1:])
 
 
 def test_in_training_evaluation_equals_the_offline_one(eval_reference, eval_tasks, tmp_path):

@@ -1,7 +1,7 @@
 """Built-in procedural demo corpus: seeded synthetic audio for pretraining and linear probes.
 
 Usage: ``python -m matpac_jax.data.demo_corpus --out DIR [--num_pretrain 1000]
-[--num_labelled 1500] [--num_tagging 600] [--seed 0] [--format flac|wav] [--num_workers 0] [--force]``
+[--num_labelled 3000] [--num_tagging 600] [--seed 0] [--format flac|wav] [--num_workers 0] [--force]``
 (relative paths are resolved against the current directory; a bad flag or an --out that cannot
 be written prints one ``error:`` line and exits 2, leaving no new folder behind)
 
@@ -74,6 +74,9 @@ SPLITS = ("train", "valid", "test")
 TAGGING_SPLITS = ("train", "eval")
 TAGGING_CLASSES = tuple(f"note:{t}" for t in TIMBRES) + EVENT_TYPES[1:]
 MIN_TAGGING = 8  # 6 train + 2 eval clips
+# Labelled clips: the probe tasks' test splits of 225-300 clips (timbre and pitch use the notes,
+# half of them), enough that the demo's probe intervals reflect the encoders (docs/small_scale.md).
+DEFAULT_LABELLED = 3000
 DEFAULT_TAGGING = 600  # the command's and the demo cache's: 450 train + 150 eval clips
 
 _NYQUIST_GUARD = 0.45 * SAMPLE_RATE  # keep partials clear of Nyquist to avoid aliasing
@@ -483,7 +486,7 @@ def _run_jobs(jobs, num_workers):
 def generate(
     out_dir,
     num_pretrain=1000,
-    num_labelled=1500,
+    num_labelled=DEFAULT_LABELLED,
     seed=0,
     fmt="flac",
     num_workers=0,
@@ -566,7 +569,7 @@ def _main(argv) -> int:
     parser.add_argument(
         "--num_labelled",
         type=cli.int_at_least(MIN_LABELLED),
-        default=1500,
+        default=DEFAULT_LABELLED,
         help=f"at least {MIN_LABELLED}: 3 splits x 24 clips cover every class",
     )
     parser.add_argument(

@@ -9,15 +9,24 @@ computed once and cached (`--cache`: a .npz named by a hash of the clips' files,
 the front end). Each evaluation runs the encoder in the papers' precise mode (docs/method.md,
 section 7) on the cached log-mels and scores the clip embeddings:
 
-- `knn` (cheap, the default): DINO's weighted k-NN. Embeddings are L2-normalised; each test clip
-  takes the k = 20 training clips of highest cosine similarity, each voting for its label with
-  weight exp(similarity / 0.07); the top-voted class is the prediction (ties: the first class).
-  Memory: the train split (k-fold tasks: the other folds). Metric: accuracy (`knn_acc`), or
-  macro mAP of the votes for a multi-label task (`knn_map`).
+- `knn` (the command's and the configs' default; `runlocal` uses `linear`): DINO's weighted
+  k-NN. Embeddings are L2-normalised; each test clip takes the k = 20 training clips of highest
+  cosine similarity, each voting for its label with weight exp(similarity / 0.07); the top-voted
+  class is the prediction (ties: the first class). Memory: the train split (k-fold tasks: the
+  other folds). Metric: accuracy (`knn_acc`), or macro mAP of the votes for a multi-label task
+  (`knn_map`).
 - `linear`: probe_lib's linear probe (its default protocol, seed 0) on at most
   `linear_max_train` training clips, the same ones every time (`linear_acc` / `linear_map`).
+  On the demo's tasks its last score ranks a pretrained encoder, its initial weights and log-mel
+  as the final probe table does, where the kNN vote often does not (docs/small_scale.md, section 7).
 
-Keys: `eval/<task>/<protocol>_<metric>` (`eval/<task>/teacher_...` for the teacher encoder).
+Each score comes with the half-width of its 95% interval over the test clips (the score's
+spread when the test clips are drawn again with replacement, `score_with_interval`): with a
+few hundred test clips one clip is a third of a point, and the interval says how far apart two
+curves must be to differ.
+
+Keys: `eval/<task>/<protocol>_<metric>` and `..._ci95` (`eval/<task>/teacher_...` for the
+teacher encoder).
 Nothing here draws on a training RNG or the data position, so a resumed run evaluates
 identically, and an in-training score equals this command's on the checkpoint or export of the
 same step (the trainer's side, matpac_jax/train/evals.py, scores with this module's `Evaluator`).
@@ -30,6 +39,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -49,13 +59,16 @@ PROG = "python -m matpac_jax.evaluation.evaluators"
 PROTOCOLS = ("knn", "linear")
 DEMO_TASKS = ("timbre", "pitch", "event")
 EMBED_WINDOW = 64  # clips per encoder call, as the probe's embed_clips: the same batches
-BASELINES = "eval_baselines.json"  # in the workdir: random-init twin and log-mel scores
+BASELINES = "eval_baselines.json"  # in the workdir: the initial weights' and log-mel scores
+BOOTSTRAP = 1000  # resamples of the test clips behind each score's 95% interval
 _CACHE_VERSION = 1
+CI_SUFFIX = "_ci95"  # eval/<task>/<metric>_ci95: the 95% half-width of eval/<task>/<metric>
 
 
 def read_baselines(workdir: str) -> dict:
-    """WORKDIR/eval_baselines.json, the scores of the random-init twin and the log-mel baseline
-    ({} when there is none)."""
+    """WORKDIR/eval_baselines.json: {"init": the scores of the run's initial weights (its step-0
+    evaluation), "logmel": those of the log-mel statistics}, with their `_ci95` keys ({} when
+    there is none)."""
     path = os.path.join(workdir, BASELINES)
     if not os.path.exists(path):
         return {}
@@ -197,16 +210,41 @@ def knn_votes(memory, memory_y, queries, *, k: int, temperature: float, num_clas
     return np.einsum("qk,qkc->qc", weights, np.asarray(labels, np.float64)[idx])
 
 
-def knn_score(x, task: EvalTask, protocol: Protocol) -> float:
-    """kNN accuracy (or mAP), the mean over the task's partitions."""
-    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
-
+def knn_score(x, task: EvalTask, protocol: Protocol) -> tuple[float, float]:
+    """kNN accuracy (or mAP), the mean over the task's partitions, and its 95% half-width."""
     kw = {"k": protocol.knn_k, "temperature": protocol.knn_temperature}
     y, c = task.y, task.num_classes
     votes = [
         knn_votes(x[p.train], y[p.train], x[p.test], num_classes=c, **kw) for p in task.partitions
     ]
-    return float(np.mean([probe_lib.score(y[p.test], v) for p, v in zip(task.partitions, votes)]))
+    return score_with_interval([y[p.test] for p in task.partitions], votes)
+
+
+def score_with_interval(ys: list, scores: list, resamples: int = BOOTSTRAP) -> tuple[float, float]:
+    """The protocol's score (accuracy or macro mAP) of each partition's test predictions,
+    averaged over the partitions, and the half-width of its 95% interval over the test clips:
+    1.96 x the standard deviation of the score when each partition's test clips are drawn again
+    with replacement (`resamples` times, a fixed seed). It measures how much the score owes to
+    which clips happen to be in the test split: with 150 test clips, about +-7 points at 50%.
+    """
+    from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
+
+    value = float(np.mean([probe_lib.score(y, v) for y, v in zip(ys, scores)]))
+    rng = np.random.default_rng(0)
+    if ys[0].ndim == 2:  # mAP costs a scikit-learn call per class and draw: fewer draws
+        resamples = min(resamples, 200)
+    draws = np.zeros(resamples)
+    for y, v in zip(ys, scores):
+        idx = rng.integers(0, len(y), size=(resamples, len(y)))
+        if y.ndim == 1:  # accuracy: the mean of a resampled 0/1 vector
+            draws += (np.argmax(v, axis=1) == y)[idx].mean(axis=1)
+        else:  # a draw without a positive of some class leaves that class out of its mean
+            draws += [_nan_safe(probe_lib.mean_average_precision(y[i], v[i])) for i in idx]
+    return value, float(1.96 * np.std(draws / len(ys)))
+
+
+def _nan_safe(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
 
 
 def subsample(rows, y, n: int, rng) -> np.ndarray:
@@ -222,15 +260,18 @@ def subsample(rows, y, n: int, rng) -> np.ndarray:
     return np.sort(rows[:n])
 
 
-def linear_score(x, task: EvalTask, protocol: Protocol) -> float:
-    """probe_lib's linear probe (default protocol, seed 0) on a fixed subsample of train rows."""
+def linear_score(x, task: EvalTask, protocol: Protocol) -> tuple[float, float]:
+    """probe_lib's linear probe (default protocol, seed 0) on a fixed subsample of train rows,
+    and its 95% half-width over the test clips (`score_with_interval`)."""
     from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     rng = np.random.default_rng(0)  # the same rows at every evaluation
     n = protocol.linear_max_train
     parts = [p._replace(train=subsample(p.train, task.y, n, rng)) for p in task.partitions]
-    result = probe_lib.evaluate(x, task.y, parts, num_classes=task.num_classes, seeds=(0,))
-    return float(result["mean"])
+    result = probe_lib.evaluate(
+        x, task.y, parts, num_classes=task.num_classes, seeds=(0,), keep_logits=True
+    )
+    return score_with_interval([task.y[p.test] for p in parts], result["test_logits"][0])
 
 
 SCORERS = {"knn": knn_score, "linear": linear_score}
@@ -278,24 +319,23 @@ class Evaluator:
             self.tasks.append(EvalTask(task.name, task.targets(), parts, c, task.multilabel, key))
 
     def evaluate(self, featurizer, prefix: str = "") -> dict:
-        """{`eval/<task>/<prefix><protocol>_<metric>`: score}; tasks over the same clips embed
+        """{`eval/<task>/<prefix><protocol>_<metric>`: score, and the same key + `_ci95`: the
+        half-width of its 95% interval over the test clips}; tasks over the same clips embed
         them once."""
         embeddings = {key: embed_mels(featurizer, m) for key, m in self.mels.items()}
         out = {}
         for t in self.tasks:
             for p in self.protocol.protocols:
-                metric = f"{prefix}{p}_{'map' if t.multilabel else 'acc'}"
-                out[f"eval/{t.name}/{metric}"] = SCORERS[p](embeddings[t.clips], t, self.protocol)
+                key = f"eval/{t.name}/{prefix}{p}_{'map' if t.multilabel else 'acc'}"
+                value, half = SCORERS[p](embeddings[t.clips], t, self.protocol)
+                out[key], out[key + CI_SUFFIX] = value, half
         return out
 
-    def baselines(self, random_encoder) -> dict:
-        """{"random": scores of `random_encoder` (an untrained `inference.Encoder`), "logmel":
-        scores of the log-mel statistics, normalised as the encoder's inputs}."""
+    def logmel_scores(self, normalization: dict) -> dict:
+        """The scores of the log-mel statistics, normalised as the encoder's inputs."""
         from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
-        norm = {"mean": random_encoder.mean, "std": random_encoder.std}
-        logmel = inference.LogMelBaseline(self.front_end, norm)
-        return {"random": self.evaluate(random_encoder), "logmel": self.evaluate(logmel)}
+        return self.evaluate(inference.LogMelBaseline(self.front_end, normalization))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def _grid_map(fn: Callable, in_axes: tuple) -> Callable:
 
 
 @jax.jit
-def _predict_grid(params: dict, x: jax.Array) -> jax.Array:
-    """Logits (G, n, C) of a grid of classifiers."""
+def predict_grid(params: dict, x: jax.Array) -> jax.Array:
+    """Logits (G, n, C) of a grid of classifiers (params with a leading G axis)."""
     return _grid_map(predict, (0, None))(params, x)
 
 
@@ -142,7 +142,7 @@ def _epoch_fn(batch_size: int, multilabel: bool, weight_decay: float) -> Callabl
 
         batches = (idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size))
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), batches)
-        return params, opt_state, best, _predict_grid(params, x_valid)
+        return params, opt_state, best, predict_grid(params, x_valid)
 
     return jax.jit(epoch)
 
@@ -291,6 +291,6 @@ def train_linear(
     best = _keep_improved(improved, params, best)
     # The loss of the restored weights is the loss at the best epoch: computed once, here.
     losses = [
-        validation_loss(y_valid, v, known_valid) for v in np.asarray(_predict_grid(best, data[3]))
+        validation_loss(y_valid, v, known_valid) for v in np.asarray(predict_grid(best, data[3]))
     ]
     return best, [s._replace(best_loss=v) for s, v in zip(stopping.results(), losses)]

@@ -3,12 +3,14 @@
 `evaluate` runs the whole protocol on fixed embeddings: for every seed and every partition
 (one train/valid/test split, or one per k-fold fold) it standardises with statistics of the
 training split, trains one linear layer per learning rate of `ProbeConfig.learning_rates` with
-Adam until validation stops improving (`probe_train`), restores each one's best weights, keeps
-the learning rate with the best validation score and scores the test rows with it.
+Adam until validation stops improving (`probe_train`) and restores each one's best weights;
+then, per partition, it keeps the learning rate with the best validation score averaged over
+the seeds, and scores every seed's test rows with that learning rate's classifier.
 `evaluation/probe.py` wraps it with audio, caching and reports.
 
-Two protocols (`docs/probe.md`): `GRID` (the default) selects the learning rate per seed and
-partition on the validation rows, from `LR_GRID`; `EVAR` trains at the papers' fixed 3e-5.
+Two protocols (`docs/probe.md`): `GRID` (the default) selects the learning rate per partition
+on the validation rows pooled over seeds, from `LR_GRID`; `EVAR` trains at the papers' fixed
+3e-5.
 
 Standardisation, the stratified hold-out, average precision and confusion matrices are
 scikit-learn's (the library EVAR uses), so the numbers are the field's own definitions.
@@ -325,26 +327,34 @@ def evaluate(
     seeds=(0, 1, 2),
     cfg: ProbeConfig = GRID,
     known: np.ndarray | None = None,
+    keep_logits: bool = False,
 ) -> dict:
     """The linear-probe protocol on fixed embeddings.
+
+    The learning rate is chosen once per partition: the one whose validation score, averaged
+    over the seeds, is the best (ties: the lower mean validation loss, then the smaller rate).
+    Every seed's test score is that rate's classifier's, so the seeds differ by their
+    initialisation, shuffling and hold-out only, not by a choice made on a few validation clips.
 
     Args:
       x: (n, D) embeddings of every row.
       y: (n,) int labels or (n, C) multi-hot.
-      known: (n, C) 1/0 mask of a multi-label task's partial labels (0: nobody annotated it;
-        left out of the loss, the validation score and the test metrics); None: all known.
       partitions: one per fold (k-fold tasks) or a single one.
       num_classes: C.
       seeds: one run per seed and partition; a seed's score is its mean over partitions.
       cfg: hyperparameters.
+      known: (n, C) 1/0 mask of a multi-label task's partial labels (0: nobody annotated it;
+        left out of the loss, the validation score and the test metrics); None: all known.
+      keep_logits: also return `test_logits`, [seed][fold] (n_test, C) arrays of the chosen
+        classifiers (not JSON: for callers that score further, e.g. with intervals).
 
     Returns:
       A dict: `scores` (per seed), `mean`, `ci95` (half-width or None); per run ([seed][fold]):
-      `fold_scores` (test), `learning_rate` (the one chosen), `valid_by_lr` and
+      `fold_scores` (test), `learning_rate` (the one chosen for the fold), `valid_by_lr` and
       `valid_loss_by_lr` (each learning rate's best validation score and its validation loss
-      at that epoch, in `cfg.learning_rates` order), and the chosen run's
-      `best_epoch`, `epochs_run`, `stopped_early`; `n_train`/`n_valid`/`n_test` (per fold) and,
-      for single-label tasks, `confusion` (test counts summed over seeds and folds); for
+      at that epoch, in `cfg.learning_rates` order), and the chosen rate's `best_epoch`,
+      `epochs_run`, `stopped_early`; `n_train`/`n_valid`/`n_test` (per fold) and, for
+      single-label tasks, `confusion` (test counts summed over seeds and folds); for
       multi-label tasks, the macro ROC-AUC beside the mAP: `fold_auc` per run, `auc_scores`,
       `auc_mean`, `auc_ci95`.
 
@@ -353,9 +363,24 @@ def evaluate(
     """
     if known is not None and (y.ndim != 2 or known.shape != y.shape):
         raise ValueError(f"a label mask {np.shape(known)} needs (n, C) multi-hot labels {y.shape}")
-    runs = [
-        [_run(x, y, part, seed, f, num_classes, cfg, known) for f, part in enumerate(partitions)]
+    grids = [
+        [_grid(x, y, part, seed, f, num_classes, cfg, known) for f, part in enumerate(partitions)]
         for seed in seeds
+    ]
+    chosen = [
+        select_lr(
+            np.mean([row[f]["valid_by_lr"] for row in grids], axis=0).tolist(),
+            np.mean([row[f]["valid_loss_by_lr"] for row in grids], axis=0).tolist(),
+            cfg.learning_rates,
+        )
+        for f in range(len(partitions))
+    ]
+    runs = [
+        [
+            _score(grid, g, y, part, num_classes, cfg, known)
+            for grid, g, part in zip(row, chosen, partitions)
+        ]
+        for row in grids
     ]
     per_run = PER_RUN + (("fold_auc",) if y.ndim == 2 else ())
     out = {key: [[r[key] for r in row] for row in runs] for key in per_run}
@@ -367,11 +392,13 @@ def evaluate(
         out["auc_mean"], out["auc_ci95"] = ci95(out["auc_scores"])
     if y.ndim == 1:
         out["confusion"] = np.sum([r["confusion"] for row in runs for r in row], axis=0).tolist()
+    if keep_logits:
+        out["test_logits"] = [[r["logits"] for r in row] for row in runs]
     return out
 
 
-def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: ProbeConfig, known):
-    """One seed on one partition: train the grid, choose on validation, score the test rows."""
+def _grid(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: ProbeConfig, known):
+    """One seed on one partition: the grid trained, its validation scores, its test logits."""
     # Fitted before any hold-out, on the whole training split, as EVAR's classifier does.
     scaler = fit_scaler(x[part.train])
     train, valid = part.train, part.valid
@@ -397,25 +424,36 @@ def _run(x, y, part: Partition, seed: int, fold: int, num_classes: int, cfg: Pro
         known_train=mask(train),
         known_valid=mask(valid),
     )
-    valid_by_lr = [stop.best_score for stop in stops]
-    valid_loss_by_lr = [stop.best_loss for stop in stops]
-    g = select_lr(valid_by_lr, valid_loss_by_lr, cfg.learning_rates)
     test_x = jnp.asarray(standardize(scaler, x[part.test]))
-    logits = np.asarray(probe_train.predict(probe_train.member(params, g), test_x))
-    out = {
-        "fold_scores": score(y[part.test], logits, mask(part.test)),
-        "best_epoch": stops[g].best_epoch,
-        "epochs_run": stops[g].epochs_run,
-        "stopped_early": stops[g].stopped_early,
-        "learning_rate": cfg.learning_rates[g],
-        "valid_by_lr": valid_by_lr,
-        "valid_loss_by_lr": valid_loss_by_lr,
+    return {
+        "logits": np.asarray(probe_train.predict_grid(params, test_x)),  # (G, n_test, C)
+        "stops": stops,
+        "valid_by_lr": [stop.best_score for stop in stops],
+        "valid_loss_by_lr": [stop.best_loss for stop in stops],
         "n_train": len(train),
         "n_valid": len(valid),
+    }
+
+
+def _score(grid: dict, g: int, y, part: Partition, num_classes: int, cfg: ProbeConfig, known):
+    """One run's record: the test scores of grid member `g` (the rate chosen for the fold)."""
+    logits, stop = grid["logits"][g], grid["stops"][g]
+    test_known = None if known is None else known[part.test]
+    out = {
+        "fold_scores": score(y[part.test], logits, test_known),
+        "best_epoch": stop.best_epoch,
+        "epochs_run": stop.epochs_run,
+        "stopped_early": stop.stopped_early,
+        "learning_rate": cfg.learning_rates[g],
+        "valid_by_lr": grid["valid_by_lr"],
+        "valid_loss_by_lr": grid["valid_loss_by_lr"],
+        "n_train": grid["n_train"],
+        "n_valid": grid["n_valid"],
         "n_test": len(part.test),
+        "logits": logits,
     }
     if y.ndim == 1:
         out["confusion"] = confusion_matrix(y[part.test], logits.argmax(-1), num_classes)
     else:
-        out["fold_auc"] = mean_roc_auc(y[part.test], logits, mask(part.test))
+        out["fold_auc"] = mean_roc_auc(y[part.test], logits, test_known)
     return out

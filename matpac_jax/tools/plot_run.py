@@ -11,8 +11,9 @@ run has `config.evals`) and writes, against steps, into DIR (default WORKDIR/plo
   distinct teacher targets, MCL win rates, teacher target std, prediction (head) std, learning
   rate, MCL temperature;
 - evals.png (when the run logged `eval/*`): one panel per task and metric, the student (and the
-  teacher, if evaluated), with the scores of the random-init twin and of the log-mel baseline
-  as horizontal lines.
+  teacher, if evaluated) with each score's 95% interval over the test clips as a band, and the
+  scores of the run's initial weights (its step-0 evaluation) and of the log-mel statistics as
+  horizontal lines with their own bands.
 
 Prints the paths written. Exit status 2 for a usage error (no such workdir, nothing logged).
 """
@@ -41,7 +42,10 @@ MONITORS = (
     ("MCL temperature", "mcl_temperature", True),
 )
 LOSSES = ("loss", "loss_pred", "loss_cls")
-BASELINE_STYLES = {"random": ("random init", "--", "tab:gray"), "logmel": ("log-mel", ":", "k")}
+BASELINE_STYLES = {
+    "init": ("initial weights", "--", "tab:gray"),
+    "logmel": ("log-mel", ":", "k"),
+}
 
 
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +65,7 @@ def keys_under(rows: list[dict], prefix: str) -> list[str]:
 def eval_panels(rows: list[dict]) -> list[str]:
     """One panel per `eval/<task>/<metric>`, the teacher's key folded into the student's."""
     keys = {k.replace("/teacher_", "/") for r in rows for k in r if k.startswith("eval/")}
-    return sorted(keys - {"eval/seconds"})
+    return sorted(k for k in keys - {"eval/seconds"} if not k.endswith(evaluators.CI_SUFFIX))
 
 
 def _figure(num_panels: int):
@@ -120,14 +124,27 @@ def plot_evals(rows: list[dict], baselines: dict, path: str, title: str) -> str:
     panels = eval_panels(rows)
     fig, axes = _figure(len(panels))
     for ax, key in zip(axes, panels):
-        ax.plot(*series(rows, key), marker="o", label="student")
         task, metric = key.split("/")[1:]
         teacher = f"eval/{task}/teacher_{metric}"
-        if keys_under(rows, teacher):
-            ax.plot(*series(rows, teacher), marker="s", label="teacher")
+        for curve, marker, label in ((key, "o", "student"), (teacher, "s", "teacher")):
+            if not keys_under(rows, curve):
+                continue
+            steps, values = series(rows, curve)
+            (line,) = ax.plot(steps, values, marker=marker, label=label)
+            half = np.array(
+                [r.get(curve + evaluators.CI_SUFFIX, np.nan) for r in rows if curve in r]
+            )
+            if np.isfinite(half).any():
+                ax.fill_between(
+                    steps, values - half, values + half, color=line.get_color(), alpha=0.2
+                )
         for name, (label, style, color) in BASELINE_STYLES.items():
-            if key in baselines.get(name, {}):
-                ax.axhline(baselines[name][key], linestyle=style, color=color, label=label)
+            scores = baselines.get(name, {})
+            if key in scores:
+                ax.axhline(scores[key], linestyle=style, color=color, label=label)
+                half = scores.get(key + evaluators.CI_SUFFIX)
+                if half:
+                    ax.axhspan(scores[key] - half, scores[key] + half, color=color, alpha=0.08)
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.legend(fontsize=8)
     return _save(fig, path, title)

@@ -5,8 +5,9 @@ r"""Summarises a training run from its `metrics.jsonl`: losses, collapse monitor
 Prints a table of the logged steps (evenly spaced) and checks the collapse signs of
 docs/method.md, section 6: loss not falling, classification perplexity near 1, one teacher
 class for all tokens, a prediction head that never wins, skipped (non-finite) steps. A run with
-evaluators (`config.evals`) gets one line per `eval/*` score: first, last and best value, and
-the random-init and log-mel baselines. `--plot` also writes the learning curves as PNGs
+evaluators (`config.evals`) gets one line per `eval/*` score: first, last (with its 95%
+interval over the test clips) and best value, and the baselines: the run's initial weights (its
+step-0 evaluation) and the log-mel statistics. `--plot` also writes the learning curves as PNGs
 (matpac_jax/tools/plot_run.py) and prints their paths.
 
 Exit status: 0 when every check passes, 1 when one fails (a `WARN` line says which), 2 for a
@@ -75,20 +76,29 @@ PROG = "python -m matpac_jax.tools.run_summary"
 
 
 def eval_lines(rows: list[dict], baselines: dict) -> list[str]:
-    """One line per `eval/*` score: first, last and best, and the baselines when known."""
-    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/seconds"})
+    """One line per `eval/*` score: first, last (with its 95% interval) and best, and the
+    baselines when known: the run's initial weights (`init`, its step-0 evaluation) and the
+    log-mel statistics."""
+    keys = sorted(
+        k
+        for k in {k for r in rows for k in r if k.startswith("eval/")}
+        if k != "eval/seconds" and not k.endswith(evaluators.CI_SUFFIX)
+    )
     lines = []
     for key in keys:
-        logged = [(r["step"], r[key]) for r in rows if key in r]
+        logged = [(r["step"], r[key], r.get(key + evaluators.CI_SUFFIX)) for r in rows if key in r]
         best = max(logged, key=lambda p: p[1])
+        last = f"step {logged[-1][0]} {logged[-1][1]:.3f}"
+        if logged[-1][2] is not None:
+            last += f" ± {logged[-1][2]:.3f}"
         parts = [
             f"step {logged[0][0]} {logged[0][1]:.3f}",
-            f"step {logged[-1][0]} {logged[-1][1]:.3f}",
+            last,
             f"best {best[1]:.3f} (step {best[0]})",
         ]
         parts += [
             f"{name} {baselines[name][key]:.3f}"
-            for name in ("random", "logmel")
+            for name in ("init", "logmel")
             if key in baselines.get(name, {})
         ]
         lines.append(f"  {key[5:]}: " + ", ".join(parts))

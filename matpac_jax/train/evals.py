@@ -13,11 +13,13 @@ import os
 import time
 
 import jax
+import numpy as np
 from orbax.checkpoint import multihost
 
 from matpac_jax import cli
 from matpac_jax.evaluation.evaluators import (
     BASELINES,
+    CI_SUFFIX,
     DEMO_TASKS,
     Evaluator,
     Protocol,
@@ -50,8 +52,12 @@ def check_config(config) -> None:
 
 
 def summary(scores: dict) -> str:
-    """`pitch/knn_acc 0.412, ..., 3.1 s`: one log line of an evaluation's scores."""
-    parts = [f"{k[5:]} {v:.3f}" for k, v in scores.items() if k != "eval/seconds"]
+    """`pitch/knn_acc 0.412 ± 0.061, ..., 3.1 s`: one log line of an evaluation's scores."""
+    parts = [
+        f"{k[5:]} {v:.3f}" + (f" ± {scores[k + CI_SUFFIX]:.3f}" if k + CI_SUFFIX in scores else "")
+        for k, v in scores.items()
+        if k != "eval/seconds" and not k.endswith(CI_SUFFIX)
+    ]
     return ", ".join(parts + [f"{scores.get('eval/seconds', 0.0):.1f} s"])
 
 
@@ -121,27 +127,41 @@ class TrainingEvals:
         self._waits += 1  # a fresh name each time: the same on every process
         self._barrier(key=f"matpac_evaluators_{self._waits}", timeout_ms=WAIT_S * 1000)
 
-    def write_baselines(self, workdir: str, seed: int = 0) -> None:
-        """Writes WORKDIR/eval_baselines.json (random-init twin and log-mel scores), unless it
-        holds those of these tasks, protocol, model and inputs already; every process waits."""
-        if self.write:
-            self._write_baselines(workdir, seed)
-        if self.specs:
-            self.wait()
+    def write_baselines(self, workdir: str, seed: int, initial_state, step0=None) -> None:
+        """Writes WORKDIR/eval_baselines.json, unless it holds those of these tasks, protocol,
+        model, inputs and seed already: "init", the scores of the run's own initial weights, and
+        "logmel", those of the log-mel statistics. Every process takes part.
 
-    def _write_baselines(self, workdir: str, seed: int) -> None:
+        The initial weights are the step-0 evaluation's: `step0` (that evaluation's scores,
+        at a fresh start) is written as it is; otherwise (a resumed run without the file)
+        `initial_state()` makes them again and they are scored here.
+        """
         key = [self.specs, dataclasses.asdict(self.protocol), dataclasses.asdict(self.model_cfg)]
         key = json.loads(json.dumps([*key, self.inputs["normalization"], seed]))  # tuples: lists
         path = os.path.join(workdir, BASELINES)
-        if os.path.exists(path):
+        done = False
+        if self.write and os.path.exists(path):
             with open(path) as f:
-                if json.load(f).get("key") == key:
-                    return
+                done = json.load(f).get("key") == key
+        done = _agreed(done, self.write)  # every process takes the writer's decision
+        if done or not self.specs:
+            return
         start = time.perf_counter()
-        twin = inference.Encoder.random(self.model_cfg, seed=seed, **self.inputs)
-        scores = self.evaluator.baselines(twin)
-        self._encoder = self._encoder or twin  # scored: now free to take the run's parameters
-        seconds = {"seconds": time.perf_counter() - start, "setup_seconds": self.setup_seconds}
-        with open(path + ".tmp", "w") as f:
-            json.dump({"key": key, **scores, **seconds}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        init = step0 if step0 is not None else self(initial_state())
+        if self.write:
+            init = {k: v for k, v in init.items() if k != "eval/seconds"}
+            logmel = self.evaluator.logmel_scores(self.inputs["normalization"])
+            seconds = {"seconds": time.perf_counter() - start, "setup_seconds": self.setup_seconds}
+            with open(path + ".tmp", "w") as f:
+                json.dump({"key": key, "init": init, "logmel": logmel, **seconds}, f, indent=1)
+            os.replace(path + ".tmp", path)
+        self.wait()
+
+
+def _agreed(value: bool, write: bool) -> bool:
+    """`value` as the writing process (process 0) has it, on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value if write else False)))

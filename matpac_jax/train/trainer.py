@@ -292,9 +292,8 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
     )
 
     # ---------------------------------------------------------------- evaluators
-    # Tasks and their log-mels are read here, on process 0 (which alone scores), and the
-    # baselines written once per workdir; the other processes wait for it at a barrier
-    # (matpac_jax/train/evals.py).
+    # Tasks and their log-mels are read here, on process 0 (which alone scores); the other
+    # processes wait for it at a barrier (matpac_jax/train/evals.py).
     evals = train_evals.TrainingEvals(
         config,
         model_cfg,
@@ -303,18 +302,20 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
         total_steps,
         write=process == 0,
     )
-    evals.write_baselines(workdir)
 
     # ---------------------------------------------------------------- checkpoints
+    def initial_state():
+        return jax.jit(init, out_shardings=state_sharding)(
+            jax.random.fold_in(jax.random.key(config.seed), 1)
+        )
+
     ckpt, state, start, writer = loop_lib.start_state(
         workdir,
         config,
         mesh,
         abstract,
         data_iter,
-        lambda: jax.jit(init, out_shardings=state_sharding)(
-            jax.random.fold_in(jax.random.key(config.seed), 1)
-        ),
+        initial_state,
         {
             "model": dataclasses.asdict(model_cfg),
             "schedule": sched_info,
@@ -325,11 +326,15 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
 
     # ---------------------------------------------------------------- loop
     # Step 0 once: a fresh start after an attempt that never checkpointed finds its row there.
+    # It scores the run's initial weights: the baseline every later evaluation is set against
+    # (eval_baselines.json's "init", with the log-mel statistics' scores).
+    row = None
     if start == 0 and evals.due(0):
         row = evals(state)
         logging.info("step 0: %s", train_evals.summary(row))
         if process == 0 and not train_evals.step_logged(workdir, 0):
             writer.write(0, row)
+    evals.write_baselines(workdir, config.seed, initial_state, step0=row)
 
     def evaluate(state, step):
         scores = evals(state)
