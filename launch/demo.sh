@@ -73,7 +73,8 @@ step python -m matpac_jax.evaluation.probe table "$DEMO/probe/pretrained" "$DEMO
   --out "$DEMO/probe/table.md"
 # Do the learning curves (the last in-training evaluation against the step-0 one and log-mel)
 # rank the three encoders as the table does? One verdict line per in-training protocol.
-step python -m matpac_jax.tools.agreement "$DEMO/pretrain" \
+echo; echo "=== do the learning curves and the probe table agree? ==="
+python -m matpac_jax.tools.agreement "$DEMO/pretrain" \
   --reports "$DEMO/probe/pretrained" "$DEMO/probe/random" "$DEMO/probe/logmel" \
   | tee "$DEMO/probe/agreement.txt"
 

@@ -57,5 +57,6 @@ step python -m matpac_jax.evaluation.probe --encoder "$DIR/${NAME}_random" "${PR
 step python -m matpac_jax.evaluation.probe table "$DIR/$NAME/probe/pretrained" "$DIR/$NAME/probe/random" \
   "$DIR/probe_logmel_${NUM}_s$SEEDS" --names "$NAME" "random init" "log-mel" --out "$DIR/$NAME/probe/table.md"
 # Do the run's last in-training evaluation and the table rank the three encoders alike?
-step python -m matpac_jax.tools.agreement "$DIR/$NAME" --reports "$DIR/$NAME/probe/pretrained" \
+echo; echo "=== do the learning curves and the probe table agree? ==="
+python -m matpac_jax.tools.agreement "$DIR/$NAME" --reports "$DIR/$NAME/probe/pretrained" \
   "$DIR/$NAME/probe/random" "$DIR/probe_logmel_${NUM}_s$SEEDS" | tee "$DIR/$NAME/probe/agreement.txt"
