@@ -30,6 +30,7 @@ def test_peak_table(kind, peak):
     assert check.peak_tflops(kind) == peak
 
 
+@pytest.mark.slow
 def test_the_sweep_stops_at_the_first_batch_that_does_not_fit(monkeypatch):
     from matpac_jax.tools import bench_step
 

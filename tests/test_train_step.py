@@ -89,6 +89,7 @@ def test_loss_and_center_match_float64_reference():
         assert int(state["step"]) == i + 1
 
 
+@pytest.mark.slow
 def test_ema_from_pre_update_student_and_none_at_step_0():
     _, sched, state, step = _setup()
     before = jax.tree.map(np.asarray, state)
@@ -193,6 +194,7 @@ def test_learning_rate_stays_on_the_steps_clock():
     assert float(metrics["lr"]) == pytest.approx(float(sched.lr(5)))
 
 
+@pytest.mark.slow
 def test_step_loss_is_the_loss_of_the_step():
     model_cfg, sched, state, step = _setup()
     step_cfg, _ = tiny_step_parts()
