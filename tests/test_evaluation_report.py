@@ -102,3 +102,12 @@ def test_report_names_the_protocol_and_the_chosen_learning_rates():
     evar["tasks"] = [_entry("pitch", None, [[3e-5], [3e-5]], [[[0.5]], [[0.6]]])]
     md = probe_report.render_report(evar)
     assert "| pitch | accuracy | 80.0 ± 10.0 | 3e-5 |" in md and "Learning rates chosen" not in md
+
+
+def test_score_text_gives_the_roc_auc_beside_the_map_or_says_it_is_undefined():
+    entry = {"mean": 0.408, "ci95": 0.003, "auc_mean": 0.91, "auc_ci95": 0.001}
+    assert probe_report.score_text(entry) == "40.8 ± 0.3 (ROC-AUC 91.0 ± 0.1)"
+    assert (
+        probe_report.score_text({**entry, "auc_mean": float("nan")}) == "40.8 ± 0.3 (ROC-AUC n/a)"
+    )
+    assert probe_report.score_text({"mean": 0.5, "ci95": None}) == "50.0"

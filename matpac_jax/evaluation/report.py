@@ -7,6 +7,7 @@ Everything here formats results that `probe_lib.evaluate` computed; nothing trai
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -161,8 +162,11 @@ def cell(entry: dict, key: str = "") -> str:
 def score_text(entry: dict) -> str:
     """The task's score cell: `87.3 ± 1.2`, and for a multi-label task its macro ROC-AUC
     beside the mAP: `40.8 ± 0.3 (ROC-AUC 91.0 ± 0.1)`."""
-    auc = f" (ROC-AUC {cell(entry, 'auc')})" if "auc_mean" in entry else ""
-    return cell(entry) + auc
+    if "auc_mean" not in entry:
+        return cell(entry)
+    if entry["auc_mean"] is None or math.isnan(entry["auc_mean"]):  # no test class has both
+        return cell(entry) + " (ROC-AUC n/a)"
+    return cell(entry) + f" (ROC-AUC {cell(entry, 'auc')})"
 
 
 def write_report(out: str, report: dict) -> None:
