@@ -108,7 +108,7 @@ def run(
         for w in warnings[t.name]:
             warn(t.name, w)
     cfg = config(cfg)  # before the embedding work: a wrong field fails fast
-    embeddings = [probe_data.cached_embeddings(*a, featurizer) for a in zip(tasks, files, secs)]
+    embeddings = [probe_data.cached_embeddings(*a, featurizer)[0] for a in zip(tasks, files, secs)]
     with cli.removed_on_failure(out):
         cli.make_dir(out)
         entries = []

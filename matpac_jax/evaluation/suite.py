@@ -31,7 +31,6 @@ baseline's row.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -74,7 +73,6 @@ PUBLISHED = {
     "MATPAC": (85.5, 76.2, 85.5, 41.1, 55.6, 93.0, 89.7),
     "M2D": (84.8, 76.2, 84.3, 40.6, 53.4, 92.1, 88.5),
 }
-_CACHE_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -126,36 +124,6 @@ def write_tasks(found: list[Found], out: str) -> None:
             ) from e
         f.task = probe_data.read_task(csv_path)
         print(f"{f.key}: {rows} clips ({shown(csv_path)})", flush=True)
-
-
-def cache_file(task: probe_data.Task, spec: str, crop: float | None, cache_dir: str) -> str:
-    """Where the task's whole-clip (or cropped) embeddings by `spec` are cached."""
-    length = "whole" if crop is None else f"{round(crop * probe_data.SAMPLE_RATE)}"
-    stamps = "".join(f"{p}:{os.path.getsize(p)}:{os.stat(p).st_mtime_ns};" for p in task.paths)
-    key = f"{_CACHE_VERSION}|{probe_data.encoder_fingerprint(spec)}|{length}|{stamps}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"suite-{task.name}-{length}-{digest}.npz")
-
-
-def embeddings(task, path: str, crop: float | None, featurizer) -> tuple[np.ndarray, dict]:
-    """(embeddings of the clips that decode, {row: why it did not}), from the cache or made."""
-    if os.path.exists(path):
-        with np.load(path) as z:
-            return z["embeddings"], dict(zip(z["failed_rows"].tolist(), z["failed_why"].tolist()))
-    samples = None if crop is None else round(crop * probe_data.SAMPLE_RATE)
-    emb, failed = probe_data.embed_clips(
-        featurizer, task.paths, samples, desc=f"embed {task.name}", skip_bad=True
-    )
-    cli.make_dir(os.path.dirname(path))
-    with open(path + ".tmp", "wb") as f:
-        np.savez(
-            f,
-            embeddings=emb,
-            failed_rows=np.array(sorted(failed), np.int64),
-            failed_why=np.array([failed[r] for r in sorted(failed)], str),
-        )
-    os.replace(path + ".tmp", path)
-    return emb, failed
 
 
 def without_rows(task: probe_data.Task, rows: dict) -> probe_data.Task:
@@ -343,7 +311,7 @@ def run(
     with cli.removed_on_failure(out):  # a wrong folder or encoder leaves nothing behind
         cli.make_dir(out)
         write_tasks(found, out)
-        paths = [cache_file(f.task, spec, crops.get(f.key), cache_dir) for f in found]
+        paths = [probe_data.cache_file(f.task, spec, crops.get(f.key), cache_dir) for f in found]
         if featurizer is None and not all(map(os.path.exists, paths)):
             from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: after the checks)
 
@@ -352,7 +320,7 @@ def run(
     for f, path in zip(found, paths):
         crop = crops.get(f.key)
         cached = os.path.exists(path)
-        emb, failed = embeddings(f.task, path, crop, featurizer)
+        emb, failed = probe_data.cached_embeddings(f.task, path, crop, featurizer, skip_bad=True)
         for row, why in sorted(failed.items()):
             probe_cli.warn(f.key, f"left out {shown(f.task.paths[row])}: {why}")
         task = without_rows(f.task, failed)

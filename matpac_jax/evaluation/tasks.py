@@ -32,7 +32,7 @@ from matpac_jax.evaluation import report as probe_report
 SAMPLE_RATE = 16_000
 EMBED_CHUNK = 64  # clips loaded and embedded per call: bounds memory, paces the progress bar
 SPLITS = ("train", "valid", "test")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the cache also lists the clips that did not decode
 _NAMED = 3  # missing files named in an error message; the rest are counted
 # Files in a training workdir that change while the encoder does not: left out of its fingerprint.
 _VOLATILE = ("metrics.jsonl", "tensorboard", ".lock", "damaged_checkpoints")
@@ -315,24 +315,39 @@ def encoder_fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
-def cache_file(task: Task, spec: str, clip_seconds: float, cache_dir: str) -> str:
-    """Where the embeddings of `task` by `spec` at `clip_seconds` are cached."""
-    num_samples = round(clip_seconds * SAMPLE_RATE)
+def cache_file(task: Task, spec: str, clip_seconds: float | None, cache_dir: str) -> str:
+    """Where the embeddings of `task` by `spec` at `clip_seconds` (None: whole clips) are cached."""
+    length = "whole" if clip_seconds is None else f"{clip_seconds:g}s"
+    num_samples = None if clip_seconds is None else round(clip_seconds * SAMPLE_RATE)
     key = f"{_CACHE_VERSION}|{encoder_fingerprint(spec)}|{num_samples}|{SAMPLE_RATE}|"
     h = hashlib.sha256((key + "".join(f"{p}:{_stamp(p)};" for p in task.paths)).encode())
     # Named by content only, so tasks over the same clips (the demo's timbre and pitch) share it.
-    return os.path.join(cache_dir, f"emb-{clip_seconds:g}s-{h.hexdigest()[:16]}.npz")
+    return os.path.join(cache_dir, f"emb-{length}-{h.hexdigest()[:16]}.npz")
 
 
-def cached_embeddings(task: Task, path: str, clip_seconds: float, featurizer) -> np.ndarray:
-    """Embeddings of every row of `task`: read from `path`, or computed and written there."""
+def cached_embeddings(
+    task: Task, path: str, clip_seconds: float | None, featurizer, skip_bad: bool = False
+) -> tuple[np.ndarray, dict[int, str]]:
+    """(embeddings, {row: why it did not decode}) of `task`'s clips at `clip_seconds` (None:
+    whole), read from `path`, or computed (`embed_clips`) and written there. Without `skip_bad`
+    a clip that does not decode is an error and the dict is empty."""
     if os.path.exists(path):
         with np.load(path) as z:
-            return z["embeddings"]
-    num_samples = round(clip_seconds * SAMPLE_RATE)
-    emb, _ = embed_clips(featurizer, task.paths, num_samples, desc=f"embed {task.name}")
+            failed = zip(z["failed_rows"].tolist(), z["failed_why"].tolist())
+            return z["embeddings"], dict(failed)
+    num_samples = None if clip_seconds is None else round(clip_seconds * SAMPLE_RATE)
+    emb, failed = embed_clips(
+        featurizer, task.paths, num_samples, desc=f"embed {task.name}", skip_bad=skip_bad
+    )
+    rows = sorted(failed)
     cli.make_dir(os.path.dirname(path))
     with open(path + ".tmp", "wb") as f:
-        np.savez(f, embeddings=emb, paths=np.array(task.paths))
+        np.savez(
+            f,
+            embeddings=emb,
+            paths=np.array(task.paths),
+            failed_rows=np.array(rows, np.int64),
+            failed_why=np.array([failed[r] for r in rows], str),
+        )
     os.replace(path + ".tmp", path)
-    return emb
+    return emb, failed

@@ -210,49 +210,13 @@ def _temp_gib(compiled) -> float | None:
 
 
 def attention_rows(config, per_device: int, dtype: str) -> dict:
-    """The attention kernels at the step's shapes (module docstring, part 3)."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-
-    from matpac_jax.models import vit  # pylint: disable=g-import-not-at-top
+    """The attention kernels at the step's shapes (module docstring, part 3):
+    `tools.bench_attention` in the compute dtype, and the kernel the step uses."""
     from matpac_jax.tools import bench_attention  # pylint: disable=g-import-not-at-top
 
     shapes = bench_attention.step_shapes(config, per_device)
-    impls = {
-        "einsum (ours)": vit._attention,  # pylint: disable=protected-access
-        "xla": lambda t: jax.nn.dot_product_attention(
-            t[:, :, 0], t[:, :, 1], t[:, :, 2], implementation="xla"
-        ),
-    }
-    if jax.default_backend() == "gpu":
-        impls["cudnn"] = lambda t: jax.nn.dot_product_attention(
-            t[:, :, 0], t[:, :, 1], t[:, :, 2], implementation="cudnn"
-        )
-    rows = []
-    for i, ((b, n, h, dh), calls) in enumerate(shapes.items()):
-        keys = jax.random.split(jax.random.key(i), 2)
-        qkv = jax.random.normal(keys[0], (b, n, 3, h, dh), jnp.dtype(dtype))
-        w = jax.random.normal(keys[1], (b, n, h, dh), jnp.dtype(dtype))
-        flops = 4 * b * h * n * n * dh
-        row = {"shape": [b, n, h, dh], "calls_per_step": calls, "gflop_fwd": round(flops / 1e9, 4)}
-        ref = None
-        for name, fn in impls.items():
-            try:
-                fwd_s, fwd_bwd_s, out = bench_attention._time_jax(fn, qkv, w, 0.3)  # pylint: disable=protected-access
-            except Exception as e:  # pylint: disable=broad-except (a kernel this device lacks)
-                row[name] = {"error": cli.one_line(e)[:200]}
-                continue
-            out = np.asarray(out, np.float64)
-            ref = out if ref is None else ref
-            row[name] = {
-                "fwd_ms": round(1e3 * fwd_s, 3),
-                "fwd_bwd_ms": round(1e3 * fwd_bwd_s, 3),
-                "fwd_tflops": round(flops / fwd_s / 1e12, 3),
-                "max_rel_diff": float(f"{np.max(np.abs(out - ref)) / np.max(np.abs(ref)):.2e}"),
-            }
-        rows.append(row)
-    return {"dtype": dtype, "step_uses": "einsum (ours)", "shapes": rows}
+    result = bench_attention.bench(shapes, 0.3, matmul_n=2048, dtype=dtype)
+    return {**result, "step_uses": "ours"}  # the model's einsum attention (attention_impl None)
 
 
 def embed_row(model: str, dtype: str, clips: int, batch_size: int) -> dict:
@@ -346,20 +310,20 @@ def render(report: dict) -> str:
         "",
         f"## Attention ({att['dtype']}; the step uses {att['step_uses']})",
         "",
-        "| shape (B, N, H, dh) | calls / step | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | max rel diff |",
+        "| shape (B, N, H, dh) | calls / step | kernel | fwd ms | fwd+bwd ms | fwd TFLOP/s | "
+        "max rel diff |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in att["shapes"]:
         for name in [k for k in row if isinstance(row[k], dict)]:
             r = row[name]
+            where = f"| {row['shape']} | {row['calls']} | {name} |"
             if "error" in r:
-                lines.append(
-                    f"| {row['shape']} | {row['calls_per_step']} | {name} | {r['error']} |"
-                )
+                lines.append(f"{where} {r['error']} |")
                 continue
             lines.append(
-                f"| {row['shape']} | {row['calls_per_step']} | {name} | {r['fwd_ms']} | "
-                f"{r['fwd_bwd_ms']} | {r['fwd_tflops']} | {r['max_rel_diff']} |"
+                f"{where} {r['fwd_ms']} | {r['fwd_bwd_ms']} | {r['fwd_tflop_per_s']} | "
+                f"{r.get('max_rel_diff', '-')} |"
             )
     e = report["embed"]
     b = report["bf16_vs_float32"]

@@ -8,6 +8,8 @@ sum of the output with respect to q, k and v):
 - `ours`: the model's attention (`models.vit._attention`, on the qkv projection's (B, N, 3, H, dh)
   layout, transposes included);
 - `xla_dot_product_attention`: `jax.nn.dot_product_attention` with XLA's implementation;
+- `cudnn_dot_product_attention` (on a GPU): the same with cuDNN's fused kernel (a kernel the
+  device lacks is reported with its error, not raised);
 - `torch_sdpa` (with `--torch`): `torch.nn.functional.scaled_dot_product_attention`, PyTorch's
   fused CPU kernel, at torch's default thread count: what a fused attention kernel reaches on this
   machine. PyTorch is not a dependency of this package: install it yourself to use `--torch`.
@@ -16,7 +18,8 @@ The shapes come from the trainer's step for `--config` (the attention calls of i
 backward pass, traced, with how many calls each shape has: one per layer of the student, the
 teacher and the predictor), or from `--shape`. FLOPs are those of attention's two products:
 4 B H N^2 dh forward, three times that forward + backward (softmax and transposes not counted).
-Each figure is also given as a share of a jitted 2048^2 float32 matmul's rate, timed before and
+Each figure is also given as a share of a jitted 2048^2 matmul's rate (in the inputs' dtype:
+float32 from the command, bf16 in tools.accelerator_check's bf16 check), timed before and
 after the shapes (the `tools.bench_step` yardstick). `max_rel_diff` checks that the functions
 compute the same thing: the largest difference of their outputs, over the largest output.
 
@@ -81,6 +84,7 @@ def _rates(flops: float, fwd_s: float, fwd_bwd_s: float, matmul: float) -> dict:
     return {
         "fwd_ms": round(fwd_s * 1e3, 3),
         "fwd_bwd_ms": round(fwd_bwd_s * 1e3, 3),
+        "fwd_tflop_per_s": round(flops / fwd_s / 1e12, 4),
         "fwd_of_matmul": round(flops / fwd_s / matmul, 3),
         "fwd_bwd_of_matmul": round(3 * flops / fwd_bwd_s / matmul, 3),
     }
@@ -127,29 +131,48 @@ def _time_torch(qkv, w, seconds: float) -> tuple[float, float, object]:
     )
 
 
-def bench(shapes: dict, seconds: float, *, with_torch: bool = False, matmul_n: int = 2048) -> dict:
-    """Times every shape (see the module doc); `shapes` maps (B, N, H, dh) to its calls (or None)."""
+def bench(
+    shapes: dict,
+    seconds: float,
+    *,
+    with_torch: bool = False,
+    matmul_n: int = 2048,
+    dtype: str = "float32",
+) -> dict:
+    """Times every shape (see the module doc); `shapes` maps (B, N, H, dh) to its calls (or None).
+    Inputs and the matmul are in `dtype` (bf16 for an accelerator's step)."""
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
     from matpac_jax.models import vit  # pylint: disable=g-import-not-at-top
 
-    mm_fn, mm_args, mm_flops = bench_step.matmul_fn(matmul_n, np.float32)
+    def dot_product(implementation):
+        return lambda t: jax.nn.dot_product_attention(
+            t[:, :, 0], t[:, :, 1], t[:, :, 2], implementation=implementation
+        )
+
+    kernels = {
+        "ours": vit._attention,  # pylint: disable=protected-access
+        "xla_dot_product_attention": dot_product("xla"),
+    }
+    if jax.default_backend() == "gpu":
+        kernels["cudnn_dot_product_attention"] = dot_product("cudnn")
+    dt = jax.numpy.dtype(dtype)
+    mm_fn, mm_args, mm_flops = bench_step.matmul_fn(matmul_n, dt)
     mm_times = bench_step.call_times(mm_fn, *mm_args, seconds=min(seconds, 5.0))
     rows = []
     for i, ((b, n, h, dh), calls) in enumerate(shapes.items()):
         keys = jax.random.split(jax.random.key(i), 2)
-        qkv = jax.random.normal(keys[0], (b, n, 3, h, dh))
-        w = jax.random.normal(keys[1], (b, n, h, dh))
-        timed = {
-            "ours": _time_jax(vit._attention, qkv, w, seconds),  # pylint: disable=protected-access
-            "xla_dot_product_attention": _time_jax(
-                lambda t: jax.nn.dot_product_attention(t[:, :, 0], t[:, :, 1], t[:, :, 2]),
-                qkv,
-                w,
-                seconds,
-            ),
-        }
+        qkv = jax.random.normal(keys[0], (b, n, 3, h, dh), dt)
+        w = jax.random.normal(keys[1], (b, n, h, dh), dt)
+        timed = {}
+        for name, fn in kernels.items():
+            try:
+                timed[name] = _time_jax(fn, qkv, w, seconds)
+            except Exception as e:  # pylint: disable=broad-except (a kernel this device lacks)
+                if name == "ours":
+                    raise
+                timed[name] = cli.one_line(e)[:200]
         if with_torch:
             timed["torch_sdpa"] = _time_torch(np.asarray(qkv), np.asarray(w), seconds)
         rows.append(((b, n, h, dh), calls, timed))
@@ -163,7 +186,11 @@ def bench(shapes: dict, seconds: float, *, with_torch: bool = False, matmul_n: i
         row = {"shape": [b, n, h, dh], "gflop_fwd": round(flops / 1e9, 4)}
         if calls is not None:
             row["calls"] = calls
-        for name, (fwd_s, fwd_bwd_s, out) in timed.items():
+        for name, result in timed.items():
+            if isinstance(result, str):
+                row[name] = {"error": result}
+                continue
+            fwd_s, fwd_bwd_s, out = result
             row[name] = _rates(flops, fwd_s, fwd_bwd_s, matmul)
             if name != "ours":
                 diff = np.max(np.abs(np.asarray(out, np.float64) - ref)) / np.max(np.abs(ref))
@@ -171,6 +198,7 @@ def bench(shapes: dict, seconds: float, *, with_torch: bool = False, matmul_n: i
         out_rows.append(row)
     return {
         "device": str(jax.devices()[0]),
+        "dtype": dtype,
         f"matmul_{matmul_n}_tflop_per_s": round(matmul / 1e12, 6),
         "shapes": out_rows,
     }
@@ -182,7 +210,9 @@ def _print_table(result: dict) -> None:
         calls = "" if calls is None else f", {calls} call{'s' if calls > 1 else ''} a step"
         print(f"B, N, H, dh = {tuple(row['shape'])}{calls}:", file=sys.stderr)
         for name, r in row.items():
-            if isinstance(r, dict):
+            if isinstance(r, dict) and "error" in r:
+                print(f"  {name:26s} {r['error']}", file=sys.stderr)
+            elif isinstance(r, dict):
                 print(
                     f"  {name:26s} fwd {r['fwd_ms']:9.3f} ms ({r['fwd_of_matmul']:.2f} of the "
                     f"matmul), fwd+bwd {r['fwd_bwd_ms']:9.3f} ms ({r['fwd_bwd_of_matmul']:.2f})",
