@@ -3,6 +3,8 @@
 #   bash launch/test.sh            everything (what CI runs)
 #   bash launch/test.sh --quick    leaves out the tests marked slow (end-to-end runs): the
 #                                  edit-test loop, under 3 minutes on 2 cores
+# The suite runs on CPU devices (tests/conftest.py fakes 8), even on a GPU or TPU machine.
+export MATPAC_ACCELERATOR="${MATPAC_ACCELERATOR:-cpu}"
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 args=()
 for arg in "$@"; do

@@ -69,10 +69,39 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv=None, *, prog: str)
         return 130
 
 
-def start_process() -> None:
-    """What every command sets up before its work: quiet backend probing, the host allocator."""
+def start_process() -> tuple[int, int]:
+    """What every command sets up before its work: quiet backend probing, the host allocator,
+    the open-file limit (returns `raise_open_file_limit`'s (before, after))."""
     quiet_jax_backend_probing()
     keep_freed_host_memory()
+    return raise_open_file_limit()
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raises this process's soft limit on open files to its hard limit; returns (before, after).
+
+    The soft limit is often 1,024 while the hard one is far higher; reading a corpus keeps a
+    file open per shard (up to half the limit, `audio.shards.max_open_shards`), and checkpoints
+    open many more. Processes started later (grain's workers) inherit the raised limit. Where
+    the hard limit is unlimited (macOS), the kernel's own ceiling is tried, then 10,240.
+    """
+    try:
+        import resource  # pylint: disable=g-import-not-at-top (POSIX only)
+    except ImportError:
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft == hard:
+        return soft, soft
+    targets = (
+        [hard] if hard != resource.RLIM_INFINITY else [n for n in (1 << 20, 10_240) if n > soft]
+    )
+    for target in targets:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return soft, target
+        except (ValueError, OSError):
+            continue
+    return soft, soft
 
 
 HOST_MALLOC_ENV = "MATPAC_HOST_MALLOC"

@@ -1,5 +1,9 @@
 """Record format and the checked shard source (matpac_jax/audio/shards.py)."""
 
+import os
+import pickle
+import resource
+
 import numpy as np
 import pytest
 from conftest import write_mel_dataset
@@ -69,4 +73,64 @@ def test_corrupt_shard_structure_names_shard(tmp_path):
 
 def test_missing_index_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="matpac_jax.audio.preprocess"):
+        shards.MelSource(str(tmp_path))
+
+
+def _open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def many_shards(tmp_path):
+    rng = np.random.default_rng(4)
+    mels = [rng.normal(size=(8, 12 + i % 5)).astype(np.float16) for i in range(60)]
+    write_mel_dataset(str(tmp_path), mels, records_per_shard=1)  # 60 shards
+    return str(tmp_path), mels
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_reads_keep_at_most_max_open_shards_open(many_shards):
+    data_dir, mels = many_shards
+    before = _open_descriptors()
+    src = shards.MelSource(data_dir, max_open=5)
+    assert _open_descriptors() == before  # the start-up check closes what it opens
+    order = np.random.default_rng(0).permutation(len(mels))
+    for i in order:
+        np.testing.assert_array_equal(src[int(i)], mels[i])
+        assert src.open_readers <= 5 and _open_descriptors() <= before + 5
+    got = src.__getitems__([7, 59, 7, 0])  # a batch over several shards, one read a shard
+    for g, i in zip(got, [7, 59, 7, 0]):
+        np.testing.assert_array_equal(g, mels[i])
+    copy = pickle.loads(pickle.dumps(src))  # what a grain worker gets: no open file
+    assert copy.open_readers == 0
+    np.testing.assert_array_equal(copy[3], mels[3])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_reads_go_on_when_the_process_runs_out_of_files(many_shards):
+    """No bound from the limit (max_open 1,000), a soft limit 20 descriptors above what is
+    open: opening the 21st shard fails with EMFILE, half the readers are closed, reading goes
+    on, and the bound stays at what fitted."""
+    data_dir, mels = many_shards
+    src = shards.MelSource(data_dir, max_open=1000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_open_descriptors() + 20, hard))
+    try:
+        for i in range(len(mels)):
+            np.testing.assert_array_equal(src[i], mels[i])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 1 <= src.open_readers <= 20
+
+
+def test_a_shard_holding_other_records_than_the_index_says(tmp_path):
+    rng = np.random.default_rng(5)
+    mels = [rng.normal(size=(8, 10)).astype(np.float16) for _ in range(6)]
+    write_mel_dataset(str(tmp_path), mels, records_per_shard=3)
+    other = tmp_path / "other"
+    write_mel_dataset(str(other), mels[:2], records_per_shard=2)
+    shard = tmp_path / "shards" / "mels-00001-of-00002.array_record"
+    shard.write_bytes((other / "shards" / "mels-00000-of-00001.array_record").read_bytes())
+    with pytest.raises(shards.ShardError, match=r"hold 5 records, the index says 6 \(shard .*"
+                       r"mels-00001-of-00002.array_record: 2, not 3\)"):  # fmt: skip
         shards.MelSource(str(tmp_path))

@@ -221,8 +221,28 @@ def test_locked_workdir_is_one_line(tmp_path):
     os.makedirs(tmp_path / "w")
     with dirlock.DirLock(str(tmp_path / "w"), "trainer"):
         out = _run(TRAIN, [f"--config={_config(tmp_path)}", "--workdir=w", *TINY], tmp_path)
+        assert sorted(os.listdir(tmp_path / "w")) == [dirlock.LOCK_NAME]  # nothing written
     _one_line_error(out, TRAIN, "in use by another trainer")
-    assert sorted(os.listdir(tmp_path / "w")) == [dirlock.LOCK_NAME]  # nothing written
+
+
+@pytest.mark.parametrize("platform, hint", [("cuda", "pip install -e '.[cuda]'"), ("tpu", "[tpu]")])
+def test_a_missing_accelerator_is_one_line(platform, hint, tmp_path):
+    """A GPU job whose node has the CPU jaxlib (or no visible GPU) stops at start-up; before,
+    JAX_PLATFORMS=cuda ended in JAX's bare AssertionError, and without it JAX warned and the
+    run went on on the CPU."""
+    env = {**subprocess_env(devices=1), "JAX_PLATFORMS": platform}
+    args = [f"--config={_config(tmp_path)}", "--workdir=w", *TINY]
+    out = subprocess.run(
+        [sys.executable, "-m", TRAIN, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    _one_line_error(out, TRAIN, f"JAX_PLATFORMS={platform} but JAX cannot start it")
+    assert hint in out.stderr
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -1,9 +1,12 @@
 """Input pipeline (matpac_jax/data/pipeline.py): determinism, the global batch on any number of
-processes, crops, resume on another worker or process count.
+processes, crops, resume on another worker or process count, workers that outlive a SIGTERM.
 
 Records are synthetic and self-describing: row 0 holds the record id, row 1 the frame index,
 so every crop says where it came from (float16 holds these integers exactly).
 """
+
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -91,12 +94,30 @@ def test_global_batches_follow_the_seeded_epoch_order(data_dir):
         assert _ids_and_starts(ds[step]) == _expected_global_batch(data_dir, step, 5, seed=3)
 
 
-@pytest.mark.parametrize("splits", [[(0, 2), (2, 4), (4, 6)], [(0, 3), (3, 6)]])
+# Blocks (CPU and GPU meshes) and interleaved rows (a TPU mesh follows the interconnect).
+@pytest.mark.parametrize(
+    "splits",
+    [
+        [[0, 1], [2, 3], [4, 5]],
+        [[0, 1, 2], [3, 4, 5]],
+        [[0, 1, 4, 5], [2, 3]],
+        [[0, 2, 4], [1, 3, 5]],
+    ],
+)
 def test_processes_load_their_rows_of_the_same_global_batch(data_dir, splits):
     whole = _dataset(data_dir, batch_size=6)
     parts = [_dataset(data_dir, batch_size=6, rows=rows) for rows in splits]
     for step in range(12):  # over three epochs
-        np.testing.assert_array_equal(np.concatenate([p[step] for p in parts]), whole[step])
+        got = np.full_like(whole[step], np.nan)
+        for rows, part in zip(splits, parts):
+            got[rows] = part[step]
+        np.testing.assert_array_equal(got, whole[step])
+
+
+def test_rows_must_be_ascending_rows_of_the_batch(data_dir):
+    for bad in ([], [2, 1], [0, 0], [-1, 2], [3, 6], [[0, 1]]):
+        with pytest.raises(ValueError, match="not ascending rows of a batch of 6"):
+            _dataset(data_dir, batch_size=6, rows=bad)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -118,8 +139,9 @@ def test_state_restores_exact_continuation(data_dir, num_workers):
 
 
 def test_state_continues_on_other_workers_and_processes(data_dir):
-    """Saved by one process with no worker; resumed by two processes (rows 0-1 and 2-3), one
-    with 2 workers: together they read the global batches the one process would have read."""
+    """Saved by one process with no worker; resumed by two processes holding interleaved rows
+    (0, 2 and 1, 3: a TPU mesh's order), one with 2 workers: together they read the global
+    batches the one process would have read."""
     it = input_pipeline.InputIterator(_dataset(data_dir), 0)
     for _ in range(5):
         next(it)
@@ -127,13 +149,14 @@ def test_state_continues_on_other_workers_and_processes(data_dir):
     expected = [next(it) for _ in range(6)]
     it.close()
     halves = [
-        input_pipeline.InputIterator(_dataset(data_dir, rows=(0, 2)), 2),
-        input_pipeline.InputIterator(_dataset(data_dir, rows=(2, 4)), 0),
+        input_pipeline.InputIterator(_dataset(data_dir, rows=[0, 2]), 2),
+        input_pipeline.InputIterator(_dataset(data_dir, rows=[1, 3]), 0),
     ]
     for half in halves:
         half.set_state(state)
     for e in expected:
-        np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), e)
+        got = np.stack([next(h) for h in halves], axis=1).reshape(e.shape)  # rows 0, 1, 2, 3
+        np.testing.assert_array_equal(got, e)
     for half in halves:
         assert half.get_state() == {"version": input_pipeline.STATE_VERSION, "batches": 11}
         half.close()
@@ -149,3 +172,40 @@ def test_state_of_an_older_version_is_refused(data_dir):
 def test_short_record_is_a_clear_error(data_dir):
     with pytest.raises(ValueError, match="--min_frames"):
         _dataset(data_dir, crop_frames=10 * CROP)[0]
+
+
+def _children():
+    """This process's child processes (Linux /proc)."""
+    me, kids = os.getpid(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            kids.append(int(pid))
+    return kids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers in /proc (Linux)")
+def test_workers_leave_sigterm_to_the_trainer(data_dir):
+    """srun, a TPU VM's shutdown and Ctrl-C signal the whole process group. The trainer saves
+    its step on SIGTERM, then closes the workers; a worker that died of the signal instead left
+    the trainer waiting on a dead worker (and its shared memory behind)."""
+    ds = _dataset(data_dir)
+    before = set(_children())
+    it = input_pipeline.InputIterator(ds, 2)
+    try:
+        expected = [ds[i] for i in range(12)]
+        np.testing.assert_array_equal(next(it), expected[0])
+        workers = set(_children()) - before
+        assert len(workers) >= 2
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        for e in expected[1:]:
+            np.testing.assert_array_equal(next(it), e)
+        assert all(os.path.exists(f"/proc/{pid}") for pid in workers)
+    finally:
+        it.close()

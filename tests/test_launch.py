@@ -8,6 +8,8 @@ run, parsed back the way a shell reads it.
 import glob
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,10 +21,13 @@ TRAIN_ARGS = ["--config=configs/matpac_pp.py:variant=B", "--config.mesh=4,4", "-
 
 
 def _bash(*args, env=None, timeout=60):
+    """Runs a script in this environment less the suite's own JAX and accelerator settings
+    (launch/test.sh sets MATPAC_ACCELERATOR=cpu), plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MATPAC_ACCELERATOR", "JAX_PLATFORMS")}
     return subprocess.run(
         ["bash", *args],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**base, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -114,12 +119,15 @@ def test_local_failure_kills_the_others(tmp_path):
         os.kill(pid0, 0)
 
 
-def test_slurm_dry_run_runs_one_process_per_gpu():
+def test_slurm_dry_run_installs_cuda_and_runs_one_process_per_gpu():
     out = _bash(
         "launch/slurm_gpu.sbatch", "--dry_run", "--", *TRAIN_ARGS, env={"GPUS_PER_NODE": "4"}
     )
     assert out.returncode == 0, out.stderr
-    (cmd,) = _commands(out.stdout)
+    # launch/env.sh's set-up: JAX's CUDA build, and JAX told to use it (or stop).
+    assert ".venv/bin/python -m pip install -e '.[test,cuda]'" in out.stdout
+    assert "export JAX_PLATFORMS=cuda" in out.stdout.splitlines()
+    cmd = _commands(out.stdout)[-1]
     assert cmd[:5] == [
         "srun",
         "--kill-on-bad-exit=1",
@@ -132,29 +140,185 @@ def test_slurm_dry_run_runs_one_process_per_gpu():
         directives = [line for line in f if line.startswith("#SBATCH")]
     assert "#SBATCH --ntasks-per-node=8\n" in directives
     assert "#SBATCH --gpus-per-node=8\n" in directives
-    assert any("--signal=TERM@" in d for d in directives)
+    assert "#SBATCH --signal=B:USR1@300\n" in directives and "#SBATCH --requeue\n" in directives
+    cuda13 = _bash("launch/slurm_gpu.sbatch", "--dry_run", env={"MATPAC_ACCELERATOR": "cuda13"})
+    assert "pip install -e '.[test,cuda13]'" in cuda13.stdout
+    bad = _bash("launch/slurm_gpu.sbatch", "--dry_run", env={"MATPAC_ACCELERATOR": "rocm"})
+    assert bad.returncode == 2 and "use auto, cpu, cuda, cuda13 or tpu" in bad.stderr
 
 
-def test_tpu_dry_run_creates_copies_installs_and_trains_everywhere():
-    env = {"TPU_NAME": "matpac", "ZONE": "us-central2-b", "ACCELERATOR_TYPE": "v5litepod-64"}
+def _fake_checkout(tmp_path, script):
+    """A checkout holding `launch/<script>` and an env.sh that sets nothing up, with fake
+    cluster commands in bin/ that log their calls to calls.log."""
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", script), tmp_path / "launch" / script)
+    (tmp_path / "launch" / "env.sh").write_text(
+        'export JAX_PLATFORMS=cuda\nexport PATH="$(dirname "${BASH_SOURCE[0]}")/../bin:$PATH"\n'
+    )
+    (tmp_path / "bin").mkdir()
+    return tmp_path / "launch" / script
+
+
+def _fake(tmp_path, name, body):
+    path = tmp_path / "bin" / name
+    path.write_text(f'#!/usr/bin/env bash\necho {name} "$*" >> {tmp_path}/calls.log\n{body}')
+    path.chmod(0o755)
+
+
+# srun's tasks: save and exit 0 on SIGTERM (the trainers' behaviour), or fail on their own.
+_SRUN = """
+trap 'echo "trainers: SIGTERM, saving"; exit 0' TERM
+echo started
+[ -n "${FAIL_WITH:-}" ] && exit "$FAIL_WITH"
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize(
+    "event, status, requeued",
+    [("USR1", 0, True), ("TERM", 0, False), ("fail", 3, False)],
+    ids=["time limit", "preemption", "a failed task"],
+)
+def test_slurm_requeues_on_the_time_limit(tmp_path, event, status, requeued):
+    """SLURM's USR1 before the time limit: the trainers get SIGTERM (save, exit 0), then the
+    job is requeued; on preemption SLURM's own --requeue does it; a failure is not requeued."""
+    script = _fake_checkout(tmp_path, "slurm_gpu.sbatch")
+    _fake(tmp_path, "srun", _SRUN)
+    _fake(tmp_path, "scontrol", "")
+    env = {
+        **os.environ,
+        "MATPAC_ROOT": str(tmp_path),
+        "SLURM_JOB_ID": "77",
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        **({"FAIL_WITH": "3"} if event == "fail" else {}),
+    }
+    with subprocess.Popen(
+        ["bash", str(script), "--", "--workdir=x"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as job:
+        try:
+            while "started" not in job.stdout.readline():
+                pass
+            if event != "fail":
+                time.sleep(0.3)  # the script is waiting on srun
+                job.send_signal(getattr(signal, f"SIG{event}"))
+            out = job.stdout.read()
+            assert job.wait(timeout=30) == status, out
+        finally:
+            job.kill()
+    calls = (tmp_path / "calls.log").read_text()
+    assert "srun --kill-on-bad-exit=1" in calls
+    assert ("scontrol requeue 77" in calls) == requeued, calls
+    if event != "fail":
+        assert "trainers: SIGTERM, saving" in out
+
+
+@pytest.mark.parametrize(
+    "accelerator, runtime",
+    [
+        ("v5p-256", "v2-alpha-tpuv5"),
+        ("v5litepod-64", "v2-alpha-tpuv5-lite"),
+        ("v6e-16", "v2-alpha-tpuv6e"),
+        ("v4-32", "tpu-ubuntu2204-base"),
+    ],
+)
+def test_tpu_dry_run_creates_copies_installs_and_trains_everywhere(accelerator, runtime):
+    env = {"TPU_NAME": "matpac", "ZONE": "us-east5-a", "ACCELERATOR_TYPE": accelerator}
     out = _bash("launch/tpu_pod.sh", "--dry_run", "--", *TRAIN_ARGS, env=env)
     assert out.returncode == 0, out.stderr
-    create, tar, scp, install, train = _commands(out.stdout)
+    create, delete, tar, scp, install, train = _commands(out.stdout)
     gcloud = ["gcloud", "compute", "tpus", "tpu-vm"]
     assert create[:6] == [*gcloud, "create", "matpac"]
-    assert "--accelerator-type=v5litepod-64" in create and "--zone=us-central2-b" in create
+    assert f"--accelerator-type={accelerator}" in create and "--zone=us-east5-a" in create
+    assert f"--version={runtime}" in create  # the generation's TPU software version
+    assert delete[:6] == [*gcloud, "delete", "matpac"]  # a preempted slice is made again
     assert tar[:2] == ["tar", "-czf"] and "--exclude=./.venv" in tar
     assert scp[:5] == [*gcloud, "scp"] and "--worker=all" in scp
     for ssh in (install, train):
         assert ssh[:6] == [*gcloud, "ssh", "matpac"] and "--worker=all" in ssh
     install_cmd = install[-1].removeprefix("--command=")
-    assert "source launch/env.sh" in install_cmd and "jax[tpu]" in install_cmd
+    assert "export MATPAC_ACCELERATOR=tpu && source launch/env.sh" in install_cmd
+    # What env.sh does on every worker: the TPU build, and JAX told to use it (or stop).
+    assert "# .venv/bin/python -m pip install -e '.[test,tpu]'" in out.stdout
+    assert "# export JAX_PLATFORMS=tpu" in out.stdout.splitlines()
     # The remote command line, as the worker's shell splits it: the trainer gets the arguments
     # unchanged, quotes included.
     remote = shlex.split(train[-1].removeprefix("--command="))
     i = remote.index("matpac_jax.train")
     assert remote[i + 1 : i + 2 + len(TRAIN_ARGS)] == ["--distributed=on", *TRAIN_ARGS]
-    assert "JAX_PLATFORMS=tpu" in train[-1]
+    assert "MATPAC_ACCELERATOR=tpu" in train[-1]
+
+
+def test_tpu_mounts_only_what_is_not_mounted():
+    env = {
+        "TPU_NAME": "t",
+        "ZONE": "z",
+        "MOUNT_POINT": "/mnt/shared",
+        "MOUNT_CMD": "sudo mount -t nfs 10.0.0.2:/vol /mnt/shared",
+    }
+    out = _bash("launch/tpu_pod.sh", "--dry_run", "--skip_setup", "--", "--workdir=x", env=env)
+    assert out.returncode == 0, out.stderr
+    mount = [c for c in _commands(out.stdout) if "mountpoint" in c[-1]]
+    assert len(mount) == 1
+    assert mount[0][-1] == (
+        "--command=mountpoint -q /mnt/shared || { sudo mount -t nfs 10.0.0.2:/vol /mnt/shared; }"
+    )
+    del env["MOUNT_POINT"]
+    out = _bash("launch/tpu_pod.sh", "--dry_run", "--", "--workdir=x", env=env)
+    assert out.returncode == 2 and "MOUNT_CMD needs MOUNT_POINT" in out.stderr
+
+
+# gcloud's TPU verbs over a slice whose state is a file; the first training run is preempted
+# after saving (the trainers' last line), the second finishes.
+_GCLOUD = """
+state="$(dirname "$0")/../state"
+case "$4" in
+  describe) cat "$state" 2>/dev/null || exit 1 ;;
+  create) echo READY > "$state" ;;
+  delete) rm -f "$state" ;;
+  ssh)
+    if [[ "$*" == *matpac_jax.train* ]]; then
+      if [ ! -e "$state.trained" ]; then
+        touch "$state.trained"; echo PREEMPTED > "$state"
+        echo "[w-0] workdir: /x (metrics.jsonl); stopped before the last step: run the same command again"
+      else
+        echo "[w-0] workdir: /x (metrics.jsonl, tensorboard/, checkpoints/, export/)"
+      fi
+    fi ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_tpu_rides_through_a_preemption(tmp_path, restarts):
+    script = _fake_checkout(tmp_path, "tpu_pod.sh")
+    _fake(tmp_path, "gcloud", _GCLOUD)
+    (tmp_path / "state").write_text("READY\n")
+    (tmp_path / "tmp").mkdir()  # the archive of the checkout goes outside it
+    env = {
+        "TPU_NAME": "t",
+        "ZONE": "z",
+        "ACCELERATOR_TYPE": "v5p-256",
+        "TMPDIR": str(tmp_path / "tmp"),
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    }
+    args = ["--skip_setup", "--restarts", str(restarts), "--", "--workdir=/x"]
+    out = _bash(str(script), *args, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    verbs = [line.split()[4] for line in (tmp_path / "calls.log").read_text().splitlines()]
+    if restarts == 0:
+        assert verbs == ["describe", "ssh", "describe"]
+        assert "run this script again (or pass --restarts N) to resume" in out.stderr
+    else:  # re-created, set up again (new workers), trained to the end
+        assert verbs == [
+            "describe", "ssh", "describe",  # trained; preempted
+            "describe", "delete", "create", "describe",  # re-created
+            "scp", "ssh", "ssh",  # copied, installed, trained
+        ]  # fmt: skip
+        assert "PREEMPTED: re-creating it" in out.stderr and "export/" in out.stdout
 
 
 def test_tpu_needs_name_and_zone():
@@ -171,7 +335,7 @@ def test_every_launcher_runs_fine_tuning_when_asked():
         assert cmd[:3] == ["python", "-m", "matpac_jax.train.finetune"] and cmd[-3:] == args
     slurm = _bash("launch/slurm_gpu.sbatch", "--dry_run", "--", *args, env=module)
     assert slurm.returncode == 0, slurm.stderr
-    (cmd,) = _commands(slurm.stdout)
+    cmd = _commands(slurm.stdout)[-1]
     assert cmd[5:] == ["python", "-m", "matpac_jax.train.finetune", *args]
     env = {"TPU_NAME": "t", "ZONE": "z", **module}
     tpu = _bash("launch/tpu_pod.sh", "--dry_run", "--", *args, env=env)

@@ -2,10 +2,11 @@
 trainer, launch/local_multiprocess.sh) on CPU devices with Gloo collectives.
 
 The records are distinct (each its own ridge, noise and length, so crops differ too): a layout
-computes the same steps only if it reads the same global batches in the same rows. 1 process x
-8 devices (mesh (2, 4), FSDP), and 2 processes x 2 devices (mesh (2, 2), the state sharded
-across the processes), and runs stopped on 2 processes and resumed on 1 (and the reverse), must
-all log the losses of 1 process x 1 device, up to the order of float32 reductions.
+computes the same steps only if it reads the same global batches in the same rows. 2 processes
+x 4 devices with the devices interleaved between the processes as on a TPU slice (mesh (2, 4),
+FSDP), 2 processes x 2 devices (mesh (2, 2), the state sharded across the processes), and runs
+stopped on 2 processes and resumed on 1 (and the reverse), must all log the losses of 1 process
+x 1 device, up to the order of float32 reductions.
 """
 
 import json
@@ -108,10 +109,42 @@ def _assert_same_losses(losses, reference, stopped=None):
     print(f"max relative loss difference: {np.max(np.abs(got / want - 1)):.2e}")
 
 
-def test_one_process_on_eight_devices_matches_one_device(tmp_path, reference, data_dir):
-    out = _run_one_process(str(tmp_path), data_dir, 8, "2,4")
-    assert "rows [0, 8)" in out, out[-3000:]
-    _assert_same_losses(logged_losses(str(tmp_path)), reference)
+def test_two_processes_with_interleaved_devices_match_one_process(tmp_path, reference, data_dir):
+    """2 processes x 4 devices, the mesh's devices alternating between the processes (a TPU
+    slice's order, tests/interleaved_trainer.py), mesh (2, 4): each process loads every other
+    row of each global batch, the state is sharded over all 8 devices, and the losses are those
+    of 1 process on 1 device."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wrapper = os.path.join(ROOT, "tests", "interleaved_trainer.py")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                wrapper,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                *_train_args(str(tmp_path / "run"), data_dir, "2,4"),
+            ],
+            cwd=ROOT,
+            env=subprocess_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "this process loads rows [0, 1) [2, 3) [4, 5) [6, 7)" in outs[0], outs[0][-3000:]
+    _assert_same_losses(logged_losses(str(tmp_path / "run")), reference)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,11 @@ speed here for no gain, float16 mels barely compress).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import threading
+from concurrent import futures
 from typing import Any, Sequence
 
 import numpy as np
@@ -82,28 +85,35 @@ def shard_paths(data_dir: str, index: dict) -> list[str]:
     return [os.path.join(data_dir, s["path"]) for s in index["shards"] if s["num_records"] > 0]
 
 
-def _first_unreadable(paths: Sequence[str]) -> str:
-    """The first shard Riegeli refuses to open (to name it in an error)."""
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+def max_open_shards() -> int:
+    """How many shard readers a process keeps open: half its open-file limit (the rest stays
+    for checkpoints, sockets and libraries), at least 4. `cli.raise_open_file_limit` lifts the
+    limit to the hard one at start-up, so this is usually every shard."""
+    import resource  # pylint: disable=g-import-not-at-top (POSIX only)
 
-    for p in paths:
-        try:
-            array_record_module.ArrayRecordReader(p).close()
-        except RuntimeError:
-            return p
-    return "(unknown: each opens alone)"
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(4, soft // 2)
+
+
+_OPEN_CHECK_THREADS = 8  # shards opened at once by the start-up check
 
 
 class MelSource:
     """Random-access source of decoded log-mels over the shards of an index (a grain source).
 
+    At construction every shard is opened once (a few at a time, each closed at once) to check
+    that it opens and holds the records the index says. Reads then keep at most
+    `max_open_shards()` readers open, the least recently used closed first, so a corpus of
+    thousands of shards reads under any open-file limit; if opening still fails for lack of
+    file descriptors, half the open readers are closed and the open is retried once.
+
     Every read error (Riegeli's `RuntimeError` on a corrupt chunk, a damaged header) becomes a
     `ShardError` naming the shard file and the record index inside it.
     """
 
-    def __init__(self, data_dir: str):
-        import grain  # pylint: disable=g-import-not-at-top
-
+    def __init__(self, data_dir: str, max_open: int | None = None):
         self._index = load_index(data_dir)
         self._paths = shard_paths(data_dir, self._index)
         if not self._paths:
@@ -111,24 +121,100 @@ class MelSource:
         missing = [p for p in self._paths if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"shards listed in the index are missing: {missing[:3]}")
-        try:
-            self._source = grain.sources.ArrayRecordDataSource(self._paths)
-        except RuntimeError as e:
-            raise ShardError(f"cannot open shard {_first_unreadable(self._paths)}: {e}") from e
-        counts = [s["num_records"] for s in self._index["shards"] if s["num_records"] > 0]
-        self._starts = np.cumsum([0] + counts[:-1])
-        if len(self._source) != sum(counts):
+        self._counts = [s["num_records"] for s in self._index["shards"] if s["num_records"] > 0]
+        self._starts = np.cumsum([0] + self._counts[:-1])
+        self._max_open = max_open
+        self._readers: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        with futures.ThreadPoolExecutor(min(_OPEN_CHECK_THREADS, len(self._paths))) as pool:
+            held = list(pool.map(self._count, range(len(self._paths))))
+        if held != self._counts:
+            wrong = next(i for i, (a, b) in enumerate(zip(held, self._counts)) if a != b)
             raise ShardError(
-                f"the shards of {data_dir} hold {len(self._source)} records, "
-                f"the index says {sum(counts)}: preprocess again."
+                f"the shards of {data_dir} hold {sum(held)} records, the index says "
+                f"{sum(self._counts)} (shard {self._paths[wrong]}: {held[wrong]}, not "
+                f"{self._counts[wrong]}): preprocess again."
             )
 
+    def _open(self, shard: int):
+        from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+        return array_record_module.ArrayRecordReader(
+            self._paths[shard], "readahead_buffer_size:0", file_reader_buffer_size=32768
+        )
+
+    def _count(self, shard: int) -> int:
+        try:
+            reader = self._open(shard)
+            try:
+                return reader.num_records()
+            finally:
+                reader.close()
+        except RuntimeError as e:
+            raise ShardError(f"cannot open shard {self._paths[shard]}: {e}") from e
+
+    def _reader(self, shard: int):
+        """The shard's open reader (opened, and the least recent closed, as needed)."""
+        with self._lock:
+            reader = self._readers.get(shard)
+            if reader is not None:
+                self._readers.move_to_end(shard)
+                return reader
+            if self._max_open is None:
+                self._max_open = max_open_shards()
+            while len(self._readers) >= self._max_open:
+                self._readers.popitem(last=False)  # closed when no read holds it any more
+            reader = self._readers[shard] = self._open(shard)
+            return reader
+
+    def _shed(self, failed: int) -> bool:
+        """Out of file descriptors: drops the `failed` shard's reader (a Riegeli reader stays
+        failed), closes the older half of the others and keeps the bound at what is left; False
+        when no other is open (nothing to give back)."""
+        with self._lock:
+            self._readers.pop(failed, None)
+            if not self._readers:
+                return False
+            for _ in range((len(self._readers) + 1) // 2):
+                self._readers.popitem(last=False)
+            self._max_open = max(1, len(self._readers))
+            return True
+
+    def _read(self, shard: int, positions: list[int]) -> list[np.ndarray]:
+        path = self._paths[shard]
+        for attempt in range(2):
+            try:
+                records = self._reader(shard).read(positions)
+                break
+            except RuntimeError as e:
+                if attempt == 0 and "Too many open files" in str(e) and self._shed(shard):
+                    continue
+                if len(positions) == 1:
+                    raise ShardError(
+                        f"cannot read record {positions[0]} of shard {path}: {e}"
+                    ) from e
+                for p in positions:  # the record that fails, named
+                    self._read(shard, [p])
+                raise ShardError(f"cannot read records {positions} of shard {path}: {e}") from e
+        out = []
+        for p, record in zip(positions, records):
+            try:
+                out.append(decode(record))
+            except ValueError as e:
+                raise ShardError(f"cannot read record {p} of shard {path}: {e}") from e
+        return out
+
     def __len__(self) -> int:
-        return len(self._source)
+        return int(sum(self._counts))
 
     @property
     def index(self) -> dict:
         return self._index
+
+    @property
+    def open_readers(self) -> int:
+        """Shard readers held open now."""
+        return len(self._readers)
 
     def locate(self, i: int) -> tuple[str, int]:
         """(shard path, record index within it) of global record `i`."""
@@ -136,14 +222,32 @@ class MelSource:
         return self._paths[shard], int(i - self._starts[shard])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        try:
-            return decode(self._source[i])
-        except (RuntimeError, ValueError) as e:
-            path, local = self.locate(i)
-            raise ShardError(f"cannot read record {local} of shard {path}: {e}") from e
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[np.ndarray]:
-        return [self[i] for i in indices]
+        """The records at `indices`, read shard by shard (one read call a shard)."""
+        total = len(self)
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for k, i in enumerate(indices):
+            i = int(i)
+            if not 0 <= i < total:
+                raise IndexError(f"record {i} of {total}")
+            shard = int(np.searchsorted(self._starts, i, side="right") - 1)
+            by_shard.setdefault(shard, []).append((k, i - int(self._starts[shard])))
+        out: list[Any] = [None] * len(indices)
+        for shard, items in by_shard.items():
+            for (k, _), mel in zip(items, self._read(shard, [p for _, p in items])):
+                out[k] = mel
+        return out
+
+    def __getstate__(self) -> dict:  # grain's worker processes get a copy without open files
+        state = self.__dict__.copy()
+        state["_readers"], state["_lock"] = collections.OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MelSource({len(self._paths)} shards, {len(self)} records)"

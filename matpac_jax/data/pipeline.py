@@ -7,9 +7,9 @@ The stream is one function of (seed, step), the same on any number of processes 
   global batch s   = global examples s*B ... (s+1)*B - 1, in that order (B: the global batch)
   crop             = a random `crop_frames` window, seeded by (seed, epoch, record)
 
-Each process loads only its rows `[start, stop)` of every global batch (the rows its devices
-hold, `sharding.process_rows`), normalises them, and the trainer assembles the global array in
-row order. The input position is the number of batches read, so a checkpoint written by N
+Each process loads only its rows of every global batch (the rows its devices hold,
+`sharding.process_rows`: one block on CPUs and GPUs, several spans on a TPU slice, whose mesh
+follows the interconnect), normalises them, and the trainer assembles the global array. The input position is the number of batches read, so a checkpoint written by N
 processes continues exactly on M (`InputIterator.get_state/set_state`).
 
 Fine-tuning (`finetune_dataset`) reads labelled shards the same way, with two changes: an
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import sys
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -75,35 +77,42 @@ def balanced_weights(labels: list[list[int]], num_classes: int) -> np.ndarray:
     return np.array([per_class[list(row)].sum() ** (1 / 1.5) for row in labels], np.float64)
 
 
+def batch_rows(rows: Sequence[int] | None, batch: int) -> np.ndarray:
+    """`rows` of a batch of `batch` as a checked ascending int64 array (None: all of them)."""
+    if rows is None:
+        return np.arange(batch, dtype=np.int64)
+    out = np.asarray(rows, np.int64)
+    if out.ndim != 1 or not out.size or np.any(np.diff(out) <= 0) or out[0] < 0 or out[-1] >= batch:
+        raise ValueError(f"rows {rows!r} are not ascending rows of a batch of {batch}")
+    return out
+
+
 class GlobalRows(grain.MapDataset):
     """This process's examples: local example k -> (epoch, position, record, item) of global
-    example g = `(k // rows) * batch + start + k % rows` (rows = stop - start): epoch
-    g // E, position g % E in it, and the record `order(epoch)[position]` (E = order.size)."""
+    example g = `(k // R) * batch + rows[k % R]` (R = len(rows)): epoch g // E, position g % E
+    in it, and the record `order(epoch)[position]` (E = order.size)."""
 
     def __init__(
         self,
         parent: grain.MapDataset,
         *,
         batch: int,
-        start: int,
-        stop: int,
+        rows: Sequence[int] | None,
         order: Shuffled | Weighted,
         num_epochs: int | None,
     ):
         super().__init__(parent)
-        if not 0 <= start < stop <= batch:
-            raise ValueError(f"rows [{start}, {stop}) are not a part of a batch of {batch}")
-        self._batch, self._start, self._rows, self._order_of = batch, start, stop - start, order
+        self._batch, self._rows, self._order_of = batch, batch_rows(rows, batch), order
         self._n = order.size
         batches = sys.maxsize // batch if num_epochs is None else num_epochs * self._n // batch
-        self._len = batches * self._rows
+        self._len = batches * len(self._rows)
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self._len
 
     def __str__(self) -> str:
-        return f"GlobalRows(batch={self._batch}, rows={self._start}+{self._rows})"
+        return f"GlobalRows(batch={self._batch}, {len(self._rows)} rows)"
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
@@ -115,7 +124,8 @@ class GlobalRows(grain.MapDataset):
     def __getitem__(self, k):
         if isinstance(k, slice):
             return self.slice(k)
-        g = (k // self._rows) * self._batch + self._start + k % self._rows
+        batch, row = divmod(k, len(self._rows))
+        g = batch * self._batch + int(self._rows[row])
         epoch, position = divmod(g, self._n)
         record = int(self._order(epoch)[position])
         return epoch, position, record, self._parent[record]
@@ -176,7 +186,7 @@ def pretraining_dataset(
     seed: int = 0,
     mean: float = -7.056,
     std: float = 4.193,
-    rows: tuple[int, int] | None = None,
+    rows: Sequence[int] | None = None,
     num_epochs: int | None = None,
 ) -> grain.MapDataset:
     """This process's rows of the global batches, as a grain `MapDataset`.
@@ -187,28 +197,27 @@ def pretraining_dataset(
       crop_frames: crop length in frames (608 in the papers).
       seed: shuffle and crop seed; the stream is a deterministic function of it.
       mean, std: normalisation statistics (AudioSet's by default, as the papers).
-      rows: (start, stop), the rows of each global batch this process loads (its devices'
-        rows, `sharding.process_rows`); None: all of them (one process).
+      rows: the rows of each global batch this process loads, ascending (its devices' rows,
+        `sharding.process_rows`); None: all of them (one process).
       num_epochs: None repeats forever; otherwise only the whole global batches of that many
         epochs.
 
     Returns:
-      A MapDataset of float32 arrays (stop - start, n_mels, crop_frames).
+      A MapDataset of float32 arrays (len(rows), n_mels, crop_frames).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    start, stop = (0, batch_size) if rows is None else rows
+    rows = batch_rows(rows, batch_size)
     source = grain.MapDataset.source(shards.MelSource(data_dir))
     ds = GlobalRows(
         source,
         batch=batch_size,
-        start=start,
-        stop=stop,
+        rows=rows,
         order=Shuffled(seed, len(source)),
         num_epochs=num_epochs,
     )
     ds = ds.map(RandomCrop(crop_frames, seed))
-    ds = ds.batch(stop - start, drop_remainder=True)
+    ds = ds.batch(len(rows), drop_remainder=True)
     return ds.map(Normalize(mean, std))
 
 
@@ -261,7 +270,7 @@ def finetune_dataset(
     labels: list[list[int]],
     num_classes: int,
     epoch_clips: int | None = None,
-    rows: tuple[int, int] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> grain.MapDataset:
     """This process's rows of the fine-tuning batches: (x (rows, F, crop), y (rows, C)).
 
@@ -271,17 +280,17 @@ def finetune_dataset(
         with replacement by `balanced_weights` (AudioSet's balanced sampling).
       Others: as `pretraining_dataset`.
     """
-    start, stop = (0, batch_size) if rows is None else rows
+    rows = batch_rows(rows, batch_size)
     source = grain.MapDataset.source(shards.MelSource(data_dir))
     if epoch_clips is None:
         order = Shuffled(seed, len(source))
     else:
         order = Weighted(seed, balanced_weights(labels, num_classes), epoch_clips)
-    ds = GlobalRows(source, batch=batch_size, start=start, stop=stop, order=order, num_epochs=None)
+    ds = GlobalRows(source, batch=batch_size, rows=rows, order=order, num_epochs=None)
     offsets = np.cumsum([0] + [len(r) for r in labels]).astype(np.int64)
     indices = np.array([c for r in labels for c in r], np.int64)
     crop = LabelledCrop(crop_frames, seed, Normalize(mean, std), offsets, indices, num_classes)
-    return ds.map(crop).batch(stop - start, drop_remainder=True)
+    return ds.map(crop).batch(len(rows), drop_remainder=True)
 
 
 def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") -> None:
@@ -298,6 +307,17 @@ def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") 
             f"re-run python -m matpac_jax.audio.preprocess with --min_frames {crop_frames}, or use "
             f"{crop_flag}={shortest // 16 * 16}"
         )
+
+
+def leave_signals_to_the_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker start-up: ignore SIGTERM and SIGINT. A scheduler (srun, a TPU VM's
+    shutdown, Ctrl-C in a terminal) signals the whole process group; a worker that died of it
+    mid-batch leaked its shared memory and left the trainer waiting on a dead worker. The trainer
+    saves its step and closes the workers itself (`InputIterator.close`); if it is killed
+    outright, grain's workers end when their parent is gone."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class InputIterator:
@@ -324,7 +344,8 @@ class InputIterator:
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self.num_workers, per_worker_buffer_size=self._buffer
-                )
+                ),
+                worker_init_fn=leave_signals_to_the_parent,
             )
         self._iter, self.position = iter(ds), position
 

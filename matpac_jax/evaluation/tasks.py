@@ -309,7 +309,7 @@ def encoder_fingerprint(spec: str) -> str:
     h = hashlib.sha256(os.path.abspath(spec).encode())
     for root, dirs, files in os.walk(spec):
         dirs[:] = sorted(d for d in dirs if d not in _VOLATILE and ".orbax-checkpoint-tmp" not in d)
-        for name in sorted(set(files) - set(_VOLATILE)):
+        for name in sorted(n for n in files if n not in _VOLATILE and not n.startswith(".lock")):
             path = os.path.join(root, name)
             h.update(f"{os.path.relpath(path, spec)}:{_stamp(path)};".encode())
     return h.hexdigest()

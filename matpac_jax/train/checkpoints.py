@@ -1,6 +1,6 @@
 """Checkpoints: the train state and the input-pipeline position, saved together with Orbax.
 
-  WORKDIR/.lock, .lock.owner         one trainer per workdir (`matpac_jax.dirlock.DirLock`)
+  WORKDIR/.lock                      one trainer per workdir (`matpac_jax.dirlock.DirLock`)
   WORKDIR/checkpoints/<step>/state/  the train state pytree (`ocp.args.StandardSave`)
   WORKDIR/checkpoints/<step>/data/   the input position, batches read (`ocp.args.JsonSave`, one
                                      file for every process: any process count resumes it)

@@ -27,6 +27,8 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from matpac_jax import cli
+
 MODES = ("auto", "on", "off")
 # JAX's default (100 s) leaves a survivor hanging for minutes; a heartbeat is a few bytes from
 # a background thread, so even a long compile or checkpoint does not delay it.
@@ -112,6 +114,27 @@ def initialize(
         jax.device_count(),
     )
     return True
+
+
+def check_backend() -> None:
+    """cli.UserError when JAX_PLATFORMS names a platform JAX cannot start (a CPU-only jaxlib on
+    a GPU node, no GPU visible, no libtpu): the run stops here instead of training on the CPU
+    or failing later with JAX's bare AssertionError. Call after `initialize`."""
+    wanted = os.environ.get("JAX_PLATFORMS", "")
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:
+        hints = {
+            "cuda": "install the CUDA build where GPUs are (pip install -e '.[cuda]'; "
+            "launch/env.sh does with MATPAC_ACCELERATOR=cuda) and check nvidia-smi",
+            "tpu": "install the TPU build (pip install -e '.[tpu]') on a TPU VM",
+        }
+        platforms = [p.strip() for p in wanted.split(",") if p.strip()]
+        hint = "; ".join(hints[p] for p in platforms if p in hints) or "check JAX_PLATFORMS"
+        detail = f": {cli.one_line(e)}" if str(e).strip() else ""
+        raise cli.UserError(
+            f"JAX_PLATFORMS={wanted or '(unset)'} but JAX cannot start it{detail}. {hint}"
+        ) from None
 
 
 MEET_TIMEOUT_S = 1800  # a slow compile on a loaded host, not a hang

@@ -404,6 +404,7 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
         )
     changed = loop_lib.resume_changes(workdir, config)
     # ---------------------------------------------------------------- mesh, schedule
+    loop_lib.log_runtime(config, trainer.compute_dtype(config.model.compute_dtype))
     mesh = loop_lib.make_mesh(config)
     epoch_clips = config.data.epoch_clips if config.data.balanced else len(train_labels)
     steps_per_epoch = max(1, round(epoch_clips / config.batch_size))

@@ -90,6 +90,29 @@ def resume_changes(workdir: str, config) -> list:
     return changed
 
 
+def log_runtime(config, dtype: str) -> None:
+    """The run's first line: where it computes and in what, so a GPU job that fell back to the
+    CPU (a CPU jaxlib, a hidden GPU) says so at once; with the open-file limit it reads under."""
+    import resource  # pylint: disable=g-import-not-at-top (POSIX only)
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    logging.info(
+        "backend %s: %d %s device%s in %d process%s (%d here); compute dtype %s (params and "
+        "optimiser float32); mesh %s; open files up to %d",
+        jax.default_backend(),
+        len(devices),
+        "/".join(kinds),
+        "s" if len(devices) > 1 else "",
+        jax.process_count(),
+        "es" if jax.process_count() > 1 else "",
+        jax.local_device_count(),
+        dtype,
+        tuple(config.mesh),
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    )
+
+
 def make_mesh(config):
     """The config's (data, fsdp) mesh; cli.UserError when the batch does not split over it."""
     mesh = sharding.make_mesh(config.mesh)

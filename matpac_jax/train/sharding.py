@@ -55,7 +55,8 @@ def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[Any] | None = No
     """A (data, fsdp) mesh over `devices` (default: every device of every process).
 
     `jax.make_mesh` orders the devices along the physical interconnect on TPUs (rings for the
-    collectives); on CPUs and GPUs the order is the devices' own, process by process.
+    collectives), which scatters each process's devices over the mesh (`process_rows` follows
+    them); on GPUs by device id, on CPUs in the given order.
     """
     devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh(
@@ -99,27 +100,43 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int = MIN_FSDP_SIZE):
     )
 
 
-def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
-    """(start, stop): the rows of a global batch that this process's devices hold.
+def process_rows(mesh: Mesh, batch_size: int, process_index: int | None = None) -> np.ndarray:
+    """The rows of a global batch that a process's devices hold, ascending (int64).
 
-    `global_batch` places a process's rows in this order, so a process that loads exactly these
-    rows of every global batch makes the same global array on any number of processes.
+    They need not be one block: `jax.make_mesh` orders TPU devices along the interconnect, so a
+    process's chips sit at several places of the (data, fsdp) grid (docs/launching.md, "Device
+    order"). A process that loads exactly these rows of every global batch, in this order, makes
+    the same global array (`global_batch`) on any mesh and any number of processes.
+
+    Args:
+      mesh: the run's mesh (its devices may be stand-ins with `process_index`, as in the tests).
+      batch_size: the global batch.
+      process_index: whose rows (default: this process's).
     """
-    spans = sorted(
-        (index[0].indices(batch_size)[:2])
-        for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
-    )
-    start, stop = spans[0][0], spans[-1][1]
-    if sum(b - a for a, b in spans) != stop - start:
-        raise ValueError(
-            f"this process's devices hold rows {spans} of the batch, not one contiguous block: "
-            "order the mesh's devices process by process"
-        )
-    return start, stop
+    process = jax.process_index() if process_index is None else process_index
+    rows = [
+        np.arange(*index[0].indices(batch_size)[:2])
+        for device, index in batch_sharding(mesh).devices_indices_map((batch_size,)).items()
+        if device.process_index == process
+    ]
+    if not rows:
+        raise ValueError(f"process {process} holds no device of the mesh")
+    return np.unique(np.concatenate(rows)).astype(np.int64)
+
+
+def describe_rows(rows: np.ndarray, shown: int = 4) -> str:
+    """Rows as spans: "[0, 4) [8, 12) ... (16 rows in 4 spans)"."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    spans = [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, breaks)]
+    text = " ".join(f"[{a}, {b})" for a, b in spans[:shown])
+    if len(spans) > shown:
+        text += f" ... ({len(rows)} rows in {len(spans)} spans)"
+    return text
 
 
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
-    """A global jax.Array from this process's slice of the batch (global = sum of slices)."""
+    """A global jax.Array from this process's rows of the batch (`process_rows`, in that order):
+    JAX places the k-th local row on the device that holds the k-th of those rows."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
 

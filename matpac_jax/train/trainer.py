@@ -243,14 +243,15 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
     # Before any work: a config the checkpoints cannot continue under is a one-line error.
     changed = loop_lib.resume_changes(workdir, config)
     # ---------------------------------------------------------------- mesh
+    loop_lib.log_runtime(config, compute_dtype(config.model.compute_dtype))
     mesh = loop_lib.make_mesh(config)
     rows = sharding.process_rows(mesh, config.batch_size)
     logging.info(
-        "mesh %s over %d processes (%d devices each); this process loads rows [%d, %d)",
+        "mesh %s over %d processes (%d devices each); this process loads rows %s",
         dict(mesh.shape),
         num_processes,
         jax.local_device_count(),
-        *rows,
+        sharding.describe_rows(rows),
     )
     # The global batches are a function of (seed, step) alone; this process loads its rows.
     dataset = input_pipeline.pretraining_dataset(
@@ -415,6 +416,7 @@ def main(argv, run=train, prog: str = PROG):
             _PROCESS_ID.value,
             heartbeat_timeout_s=_HEARTBEAT.value,
         )
+        distributed.check_backend()
         if jax.process_index() != 0:  # process 0 speaks for the run; the others only warn
             logging.set_verbosity(logging.WARNING)
         with distributed.fail_fast():
