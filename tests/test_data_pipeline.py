@@ -7,6 +7,9 @@ so every crop says where it came from (float16 holds these integers exactly).
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -174,33 +177,56 @@ def test_short_record_is_a_clear_error(data_dir):
         _dataset(data_dir, crop_frames=10 * CROP)[0]
 
 
-def _children():
-    """This process's child processes (Linux /proc)."""
-    me, kids = os.getpid(), []
+def _children(parent=None):
+    """The child processes of `parent` (default: this one), from /proc (Linux)."""
+    parent, kids = parent or os.getpid(), []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == me and fields[0] != "Z":
+        if int(fields[1]) == parent and fields[0] != "Z":
             kids.append(int(pid))
     return kids
+
+
+def _started_worker(pid):
+    """Whether `pid` is a grain worker past its start-up (its signal handlers set)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"spawn_main" not in f.read():
+                return False  # multiprocessing's resource tracker ignores SIGTERM too
+        with open(f"/proc/{pid}/status") as f:
+            ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn"))
+    except (OSError, StopIteration):
+        return False
+    return bool(ignored & (1 << (signal.SIGTERM - 1)))
+
+
+def _workers_ready(before, count, timeout=60):
+    """This process's new grain workers, once `count` of them have started (handlers set)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        workers = [p for p in set(_children()) - before if _started_worker(p)]
+        if len(workers) >= count:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError(f"{count} workers did not start")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers in /proc (Linux)")
 def test_workers_leave_sigterm_to_the_trainer(data_dir):
     """srun, a TPU VM's shutdown and Ctrl-C signal the whole process group. The trainer saves
-    its step on SIGTERM, then closes the workers; a worker that died of the signal instead left
-    the trainer waiting on a dead worker (and its shared memory behind)."""
+    its step on SIGTERM, then closes the workers; a worker that died of the signal instead
+    ended the stream ("Worker process was terminated unexpectedly with exit code -15")."""
     ds = _dataset(data_dir)
     before = set(_children())
     it = input_pipeline.InputIterator(ds, 2)
     try:
         expected = [ds[i] for i in range(12)]
         np.testing.assert_array_equal(next(it), expected[0])
-        workers = set(_children()) - before
-        assert len(workers) >= 2
+        workers = _workers_ready(before, 2)
         for pid in workers:
             os.kill(pid, signal.SIGTERM)
             os.kill(pid, signal.SIGINT)
@@ -209,3 +235,45 @@ def test_workers_leave_sigterm_to_the_trainer(data_dir):
         assert all(os.path.exists(f"/proc/{pid}") for pid in workers)
     finally:
         it.close()
+
+
+_HOLDER = """
+import sys
+from absl import flags
+from matpac_jax.data import pipeline
+flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags
+ds = pipeline.pretraining_dataset(sys.argv[1], batch_size=4, crop_frames=16, mean=0.0, std=1.0)
+it = pipeline.InputIterator(ds, 2, prefetch_buffer_size=1)
+next(it)
+print("reading", flush=True)
+sys.stdin.readline()  # never comes: the test kills this process
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers in /proc (Linux)")
+def test_workers_end_with_a_trainer_killed_outright(data_dir):
+    """The OOM killer or kill -9 ends the trainer without closing its workers, which wait on
+    their full queues: they notice their parent is gone and exit."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, data_dir],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "reading"
+        deadline = time.time() + 60
+        while len(workers := [p for p in _children(holder.pid) if _started_worker(p)]) < 2:
+            assert time.time() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        holder.kill()
+        holder.wait(timeout=30)
+        deadline = time.time() + 10 * input_pipeline.PARENT_CHECK_S
+        while any(os.path.exists(f"/proc/{p}") for p in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        left = [p for p in workers if os.path.exists(f"/proc/{p}")]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        assert not left, "workers outlived their trainer"
+    finally:
+        holder.kill()

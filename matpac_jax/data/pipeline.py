@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import grain
@@ -309,15 +313,31 @@ def check_crop(index: dict, crop_frames: int, crop_flag: str = "--crop_frames") 
         )
 
 
+PARENT_CHECK_S = 1.0  # how often a worker checks that its trainer is alive
+
+
 def leave_signals_to_the_parent(worker_index: int, worker_count: int) -> None:
-    """grain worker start-up: ignore SIGTERM and SIGINT. A scheduler (srun, a TPU VM's
-    shutdown, Ctrl-C in a terminal) signals the whole process group; a worker that died of it
-    mid-batch leaked its shared memory and left the trainer waiting on a dead worker. The trainer
-    saves its step and closes the workers itself (`InputIterator.close`); if it is killed
-    outright, grain's workers end when their parent is gone."""
+    """grain worker start-up: ignore SIGTERM and SIGINT, and exit when the parent is gone.
+
+    A scheduler (srun, a TPU VM's shutdown, Ctrl-C in a terminal) signals the whole process
+    group; a worker that died of it left the trainer waiting on a dead worker. The trainer
+    saves its step and closes its workers itself (`InputIterator.close`). A worker whose trainer
+    died without closing it (the OOM killer, SIGKILL) would wait forever on its full queue: a
+    thread checks every `PARENT_CHECK_S` that the parent is still the one that started it.
+    """
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent that spawned this worker (it may have died while the worker started).
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class InputIterator:
