@@ -12,8 +12,8 @@ The rules:
   below (README's `bash launch/test.sh`: the test suite itself). Every skip is reported.
 - **Sandbox.** Each doc runs in its own fresh folder, a user's checkout: `configs/`, `launch/`
   and `setup.cfg` are links into this repository, `.venv` is a stand-in whose `bin/python` is
-  the shim below and whose install stamp is current (so `launch/env.sh` neither creates nor
-  installs anything), and HOME is `home/` inside it (nothing touches the real ~/.cache). The
+  the shim below and whose install stamp is current for the CPU (MATPAC_ACCELERATOR=cpu, so
+  `launch/env.sh` neither creates nor installs anything), and HOME is `home/` inside it (nothing touches the real ~/.cache). The
   blocks of one doc run in order, in that folder, so a later block sees what an earlier one
   wrote. bash blocks run under `bash -e -o pipefail` (a failing command fails the block);
   python blocks are fed to `python -` on stdin. Each block has a timeout.
@@ -165,6 +165,7 @@ def sandbox_env(sandbox: Path, env: dict) -> dict:
         MATPAC_DOC_SHIM_LOG=str(sandbox / "shim.log"),
         MATPAC_DEMO_SIZE="tiny",
         MATPAC_DEMO_DIR=str(sandbox / "runs" / "demo"),
+        MATPAC_ACCELERATOR="cpu",  # the stand-in .venv's install stamp is the CPU one
         PYTHONUNBUFFERED="1",
         TERM="dumb",
     )
@@ -186,7 +187,8 @@ def make_sandbox(sandbox: Path) -> None:
     stamp = subprocess.run(
         ["sha1sum", str(REPO / "setup.cfg")], capture_output=True, text=True, check=True
     ).stdout.split()[0]
-    (sandbox / ".venv" / ".matpac_installed").write_text(stamp + "\n")
+    # launch/env.sh's stamp: setup.cfg's hash and the extras installed (CPU: "test").
+    (sandbox / ".venv" / ".matpac_installed").write_text(f"{stamp} test\n")
     (sandbox / "home").mkdir()
 
 

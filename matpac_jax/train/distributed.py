@@ -125,12 +125,12 @@ def check_backend() -> None:
         jax.devices()
     except (RuntimeError, AssertionError) as e:
         hints = {
-            "cuda": "install the CUDA build where GPUs are (pip install -e '.[cuda]'; "
+            "cuda": "Install the CUDA build where GPUs are (pip install -e '.[cuda]'; "
             "launch/env.sh does with MATPAC_ACCELERATOR=cuda) and check nvidia-smi",
-            "tpu": "install the TPU build (pip install -e '.[tpu]') on a TPU VM",
+            "tpu": "Install the TPU build (pip install -e '.[tpu]') on a TPU VM",
         }
         platforms = [p.strip() for p in wanted.split(",") if p.strip()]
-        hint = "; ".join(hints[p] for p in platforms if p in hints) or "check JAX_PLATFORMS"
+        hint = "; ".join(hints[p] for p in platforms if p in hints) or "Check JAX_PLATFORMS"
         detail = f": {cli.one_line(e)}" if str(e).strip() else ""
         raise cli.UserError(
             f"JAX_PLATFORMS={wanted or '(unset)'} but JAX cannot start it{detail}. {hint}"
