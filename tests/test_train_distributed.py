@@ -3,8 +3,8 @@ trainer, launch/local_multiprocess.sh) on CPU devices with Gloo collectives.
 
 The records are distinct (each its own ridge, noise and length, so crops differ too): a layout
 computes the same steps only if it reads the same global batches in the same rows. 2 processes
-x 4 devices with the devices interleaved between the processes as on a TPU slice (mesh (2, 4),
-FSDP), 2 processes x 2 devices (mesh (2, 2), the state sharded across the processes), and runs
+x 4 devices with the devices interleaved between the processes as on a TPU slice (mesh (8, 1)),
+2 processes x 2 devices (mesh (2, 2), the state sharded across the processes), and runs
 stopped on 2 processes and resumed on 1 (and the reverse), must all log the losses of 1 process
 x 1 device, up to the order of float32 reductions.
 """
@@ -111,9 +111,9 @@ def _assert_same_losses(losses, reference, stopped=None):
 
 def test_two_processes_with_interleaved_devices_match_one_process(tmp_path, reference, data_dir):
     """2 processes x 4 devices, the mesh's devices alternating between the processes (a TPU
-    slice's order, tests/interleaved_trainer.py), mesh (2, 4): each process loads every other
-    row of each global batch, the state is sharded over all 8 devices, and the losses are those
-    of 1 process on 1 device."""
+    slice's order, tests/interleaved_trainer.py), mesh (8, 1): each process loads every other
+    row of each global batch, and the losses are those of 1 process on 1 device. (The state
+    sharded across processes: the (2, 2) runs below.)"""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -126,7 +126,7 @@ def test_two_processes_with_interleaved_devices_match_one_process(tmp_path, refe
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
-                *_train_args(str(tmp_path / "run"), data_dir, "2,4"),
+                *_train_args(str(tmp_path / "run"), data_dir, "8,1"),
             ],
             cwd=ROOT,
             env=subprocess_env(4),
