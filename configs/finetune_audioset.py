@@ -62,6 +62,7 @@ def get_config(arg=None):
     c.data.demo_cache = "~/.cache/matpac_jax/demo"
     c.data.crop_frames = 992  # 10 s random crops (the positional table follows the length)
     c.data.num_workers = 4
+    c.data.read_threads = 64  # records of a batch read at once (network storage: tens of ms a read)
     c.data.balanced = True  # class-balanced draws with replacement; False: shuffled epochs
     c.data.epoch_clips = 200_000  # draws per "epoch" when balanced
 
@@ -106,6 +107,7 @@ def get_config(arg=None):
         # The demo's 450 training mixtures (608 frames, 9 classes), on 2 CPU cores.
         c.data.crop_frames = 608
         c.data.num_workers = 0
+        c.data.read_threads = 1  # in-process, from a local disk
         c.data.balanced = False
         c.batch_size = 32
         c.total_epochs = 60.0

@@ -191,6 +191,11 @@ def pretraining_config(
     c.data.mean = -7.056
     c.data.std = 4.193
     c.data.num_workers = 4
+    # Records of a batch read at once by each reading process (docs/PERFORMANCE.md, "Pods and
+    # clusters"): what keeps a host fed when every read takes tens of ms (GCS, gcsfuse, NFS);
+    # at least a process's rows of a batch (batch 2048 on 32 v5p hosts: 64). With workers it
+    # costs nothing on a local disk; in-process (num_workers 0) 1 is faster there.
+    c.data.read_threads = 64
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = variant
@@ -278,6 +283,7 @@ def pretraining_config(
         c.model.mask_ratio = 0.5
         c.data.normalization = "corpus"
         c.data.num_workers = 0
+        c.data.read_threads = 1  # in-process, from a local disk
         c.batch_size = 32
         c.total_steps = 1500  # a few minutes on 2 CPU cores
         c.optim.peak_lr = 1e-3

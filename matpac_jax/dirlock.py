@@ -35,7 +35,7 @@ from matpac_jax.cli import UserError
 
 LOCK_NAME = ".lock"
 LEASE_S = 120.0  # a holder whose heartbeat stopped this long ago is dead
-_TAKEOVER = ".lock.takeover"
+_TAKEOVER = ".takeover"  # the lock file's name with this: the takeover mutex
 _TAKEOVER_STALE_S = 60.0  # a takeover mutex this old was left by a run that died taking over
 # An empty lock older than this: left by matpac_jax before 0.2 (an flock on an empty .lock that
 # stayed after the run) or by a run that died creating it (a lock is written within ms).
@@ -101,13 +101,16 @@ class DirLock:
       folder: an existing folder.
       holder: what holds it, for the messages ("trainer", "preprocessing run").
       lease_s: how long a silent holder counts as alive.
+      name: the lock file's name (a part of the folder: one lock per preprocessing task).
     """
 
-    def __init__(self, folder: str, holder: str = "run", lease_s: float = LEASE_S):
+    def __init__(
+        self, folder: str, holder: str = "run", lease_s: float = LEASE_S, name: str = LOCK_NAME
+    ):
         self.folder = os.fspath(folder)
         self.holder = holder
         self.lease_s = float(lease_s)
-        self.path = os.path.join(self.folder, LOCK_NAME)
+        self.path = os.path.join(self.folder, name)
         self.took_over: dict | None = None  # the dead holder this lock was taken from
         self._token = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -175,7 +178,7 @@ class DirLock:
     # ------------------------------------------------------------------ taking it
     def _create(self) -> bool:
         """Makes the lock ours if there is none; False if one exists."""
-        tmp = os.path.join(self.folder, f".lock.new-{self._token}")
+        tmp = f"{self.path}.new-{self._token}"
         with open(tmp, "w") as f:
             json.dump(self._me(), f)
         try:
@@ -201,7 +204,7 @@ class DirLock:
 
     @contextlib.contextmanager
     def _takeover_mutex(self):
-        path = os.path.join(self.folder, _TAKEOVER)
+        path = self.path + _TAKEOVER
         for attempt in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

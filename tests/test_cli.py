@@ -127,11 +127,14 @@ def test_tools_with_relative_paths(user_dir):
     out = _run(
         "matpac_jax.tools.bench_input",
         ["--data", "mels", "--batch_size", "4", "--seconds", "0.3", "--workers", "0"]
-        + ["--crop_frames", "64", "--preprocess_files", "0"],
+        + ["--crop_frames", "64", "--preprocess_files", "0"]
+        + ["--read_latency_ms", "2", "--read_threads", "1,4"],
         cwd,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.splitlines()[0])["crops_per_s"] > 0
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["read_threads"], r["read_latency_ms"]) for r in rows] == [(1, 2.0), (4, 2.0)]
+    assert all(r["crops_per_s"] > 0 for r in rows)
     out = _run(
         "matpac_jax.tools.cost", ["--config", _config(cwd), "--batch_size", "2"], cwd, timeout=900
     )
@@ -270,6 +273,11 @@ BAD_TOOLS = {
         "two positive integers",
     ),
     "bench_input on a non-shard folder": ("tools.bench_input", ["--data", "."], "no index.json"),
+    "bench_input with no read thread": (
+        "tools.bench_input",
+        ["--data", "short", "--crop_frames", "16", "--read_threads", "0"],
+        "--read_threads 0: comma-separated counts >= 1",
+    ),
     "bench_input with a crop longer than the records": (
         "tools.bench_input",
         ["--data", "short"],

@@ -117,6 +117,15 @@ def test_processes_load_their_rows_of_the_same_global_batch(data_dir, splits):
         np.testing.assert_array_equal(got, whole[step])
 
 
+@pytest.mark.parametrize("read_threads", [2, 8])
+def test_parallel_reads_give_the_same_batches(data_dir, read_threads):
+    """A batch's records read at once (network storage) or one after another: the same batch."""
+    one = _dataset(data_dir, batch_size=6, rows=[0, 2, 3, 5])
+    many = _dataset(data_dir, batch_size=6, rows=[0, 2, 3, 5], read_threads=read_threads)
+    for step in range(10):  # over two epochs
+        np.testing.assert_array_equal(many[step], one[step])
+
+
 def test_rows_must_be_ascending_rows_of_the_batch(data_dir):
     for bad in ([], [2, 1], [0, 0], [-1, 2], [3, 6], [[0, 1]]):
         with pytest.raises(ValueError, match="not ascending rows of a batch of 6"):

@@ -2,7 +2,7 @@ r"""Audio folder -> float16 log-mel ArrayRecord shards, an index and a per-file 
 
   python -m matpac_jax.audio.preprocess --input_dir DIR --output_dir OUT [--num_workers N] \
       [--min_frames 608] [--records_per_shard 1024] [--overwrite] \
-      [--labels LABELS.csv [--classes audioset]]
+      [--labels LABELS.csv [--classes audioset]] [--num_tasks N --task_index I | --finalize]
 
 Every audio file under DIR (recursively; the extensions the installed libsndfile reads) is
 decoded, made mono, resampled to 16 kHz and turned into a log-mel (`matpac_jax.audio.frontend`). Files
@@ -14,6 +14,13 @@ renamed. With `--labels` (a `path,labels` CSV, `matpac_jax/labels.py`) only the 
 lists are read, and each record keeps the indices of its labels (`labels` in the shard entries
 of `index.json`, the class list in `classes`): the input of multi-label fine-tuning. A bad file never stops the run: it is listed in `report.json` with `status: skipped`
 and its `reason`, and never reaches a shard.
+
+Many machines: `--num_tasks N --task_index I` (e.g. a SLURM array's SLURM_ARRAY_TASK_COUNT and
+SLURM_ARRAY_TASK_ID) makes task I write shards I, I + N, I + 2N, ... into the same OUT, under a
+lock of its own (`.lock-task-I-of-N`); the tasks may run at once, on any machines that share
+OUT, each resumable like a single run. The task that finds every shard done writes the index;
+`--finalize` writes it from the shards' sidecars whenever asked (it names the shards still
+missing). The result is byte for byte that of a single run.
 
 Relative paths are resolved against the current directory. At the end every run prints how many
 inputs were skipped and why, grouped (`3 too_short: 198-606 frames < --min_frames 608`), then a
@@ -42,7 +49,7 @@ from matpac_jax import cli
 from matpac_jax import labels as labels_lib
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
-from matpac_jax.dirlock import DirLock
+from matpac_jax.dirlock import LOCK_NAME, DirLock
 
 PROG = "python -m matpac_jax.audio.preprocess"
 PLAN_NAME = "plan.json"
@@ -196,7 +203,7 @@ def write_shard(
     shard_file = name + ".array_record"
     if ok:
         final = os.path.join(output_dir, shard_file)
-        tmp = f"{final}.tmp-{os.getpid()}"
+        tmp = shards.temp_name(final)
         writer = array_record_module.ArrayRecordWriter(tmp, shards.WRITER_OPTIONS)
         for r in ok:
             writer.write(shards.encode(r["mel"]))
@@ -241,18 +248,60 @@ def _clear(output_dir: str) -> None:
             os.remove(p)
 
 
-def _start(stack: contextlib.ExitStack, output_dir: str, plan: dict, overwrite: bool) -> None:
-    """Creates OUT, holds its lock (on `stack`) and records or checks the plan. A start that
+def _start(
+    stack: contextlib.ExitStack,
+    output_dir: str,
+    plan: dict,
+    overwrite: bool,
+    names: list[str],
+    num_tasks: int = 1,
+    task_index: int = 0,
+) -> None:
+    """Creates OUT, holds its lock or the task's (on `stack`), removes what an interrupted run
+    of this task left of `names` (its shards), and records or checks the plan. A start that
     fails removes an OUT it created, so a refused run leaves no empty folder behind."""
+    lock_name = LOCK_NAME if num_tasks == 1 else f"{LOCK_NAME}-task-{task_index}-of-{num_tasks}"
     with cli.removed_on_failure(output_dir):
         cli.make_dir(output_dir, "--output_dir")
-        stack.enter_context(DirLock(output_dir, "preprocessing run"))  # before any change
+        what = "preprocessing run" if num_tasks == 1 else f"preprocessing task {task_index}"
+        stack.enter_context(DirLock(output_dir, what, name=lock_name))  # before any change
         if overwrite:
             _clear(output_dir)
         os.makedirs(os.path.join(output_dir, SHARD_DIR), exist_ok=True)
-        for stale in glob.glob(os.path.join(output_dir, "**", "*.tmp-*"), recursive=True):
-            os.remove(stale)  # left by an interrupted run: never part of the output
+        # Left by an interrupted run of this task: never part of the output. Other tasks'
+        # temporary files are theirs (they may be writing them now).
+        patterns = [f"{n}.*.tmp-*" for n in names] if num_tasks > 1 else ["**/*.tmp-*"]
+        for pattern in patterns:
+            for stale in glob.glob(os.path.join(output_dir, pattern), recursive=True):
+                os.remove(stale)
         _check_plan(output_dir, plan)
+
+
+def _missing(output_dir: str, names: list[str]) -> list[str]:
+    """The shards of `names` whose sidecar (their done-marker) is not written yet."""
+    return [n for n in names if not os.path.exists(os.path.join(output_dir, n + ".json"))]
+
+
+def finalize(output_dir: str, input_dir: str | None = None) -> dict:
+    """Writes `index.json` and `report.json` of OUT from its plan and its shards' sidecars (the
+    tasks' work, `--num_tasks`); cli.UserError naming the shards still missing."""
+    output_dir = cli.input_dir(output_dir, "--output_dir")
+    path = os.path.join(output_dir, PLAN_NAME)
+    if not os.path.exists(path):
+        raise cli.UserError(
+            f"--output_dir {output_dir}: no {PLAN_NAME}: no preprocessing ran there"
+        )
+    with open(path) as f:
+        plan = json.load(f)
+    num_shards = -(-plan["num_inputs"] // plan["records_per_shard"])
+    names = [_shard_name(i, num_shards) for i in range(num_shards)]
+    missing = _missing(output_dir, names)
+    if missing:
+        raise cli.UserError(
+            f"--finalize: {len(missing)} of {num_shards} shards are not done yet, e.g. "
+            f"{', '.join(missing[:3])}: run (or wait for) the tasks that write them"
+        )
+    return _finalize(output_dir, names, plan, input_dir=input_dir)
 
 
 def preprocess(
@@ -267,8 +316,11 @@ def preprocess(
     progress: bool = True,
     labels_csv: str | None = None,
     classes: str | None = None,
-) -> dict:
-    """Runs (or resumes) preprocessing; returns the index written to `output_dir/index.json`.
+    num_tasks: int = 1,
+    task_index: int = 0,
+) -> dict | None:
+    """Runs (or resumes) preprocessing, or task `task_index` of `num_tasks`; returns the index
+    written to `output_dir/index.json`, or None when a task leaves shards to other tasks.
 
     An index with `num_records` 0 (every input skipped) is returned, not raised (`main` exits 1).
     Raises cli.UserError for a bad folder or number, or an OUT holding another run or plan.
@@ -277,6 +329,15 @@ def preprocess(
         raise cli.UserError(f"--records_per_shard {records_per_shard}: must be at least 1")
     if num_workers < 0:
         raise cli.UserError(f"--num_workers {num_workers}: must be at least 0")
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise cli.UserError(
+            f"--task_index {task_index} of --num_tasks {num_tasks}: need 0 <= index < tasks"
+        )
+    if overwrite and num_tasks > 1:
+        raise cli.UserError(
+            "--overwrite with --num_tasks: one task would delete the others' shards; empty "
+            "--output_dir first (or run one task with --overwrite)"
+        )
     input_dir = cli.input_dir(input_dir, "--input_dir")
     output_dir = cli.output_dir(output_dir, "--output_dir")
     inputs = list_inputs(input_dir)
@@ -293,15 +354,12 @@ def preprocess(
         "front_end": front_end.to_dict(),
         **label_plan,
     }
+    num_shards = -(-len(inputs) // records_per_shard)
+    names = [_shard_name(i, num_shards) for i in range(num_shards)]
+    mine = list(range(task_index, num_shards, num_tasks))
     with contextlib.ExitStack() as lock:
-        _start(lock, output_dir, plan, overwrite)
-        num_shards = -(-len(inputs) // records_per_shard)
-        names = [_shard_name(i, num_shards) for i in range(num_shards)]
-        todo = [
-            i
-            for i, n in enumerate(names)
-            if not os.path.exists(os.path.join(output_dir, n + ".json"))
-        ]
+        _start(lock, output_dir, plan, overwrite, [names[i] for i in mine], num_tasks, task_index)
+        todo = [i for i in mine if not os.path.exists(os.path.join(output_dir, names[i] + ".json"))]
         pending = [inputs[i * records_per_shard : (i + 1) * records_per_shard] for i in todo]
         job = Job(input_dir, front_end, min_frames)
         work = [(job, p) for files in pending for p in files]
@@ -316,7 +374,15 @@ def preprocess(
         seconds = _run(work, todo, pending, names, output_dir, num_workers, bar, labels)
         bar.close()
         elapsed = time.perf_counter() - start
-        index = _finalize(output_dir, names, plan, input_dir=input_dir)
+        missing = _missing(output_dir, names)
+        index = None if missing else _finalize(output_dir, names, plan, input_dir=input_dir)
+    if missing:
+        print(
+            f"task {task_index} of {num_tasks}: its {len(mine)} shards are done; "
+            f"{len(missing)} of {num_shards} shards wait for the other tasks (the last task "
+            f"to finish writes the index; or run the same command with --finalize)",
+            file=sys.stderr,
+        )
     if work and progress:
         print(
             f"preprocessed {len(work)} files ({seconds / 3600:.2f} h of audio) in "
@@ -443,6 +509,23 @@ def _parser() -> cli.ArgumentParser:
     p.add_argument("--records_per_shard", type=cli.int_at_least(1), default=1024)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT")
     p.add_argument(
+        "--num_tasks",
+        type=cli.int_at_least(1),
+        default=1,
+        help="split the shards over this many tasks (machines) writing into the same OUT",
+    )
+    p.add_argument(
+        "--task_index",
+        type=cli.int_at_least(0),
+        default=0,
+        help="this task: writes shards task_index, task_index + num_tasks, ...",
+    )
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only write index.json and report.json from the shards the tasks wrote",
+    )
+    p.add_argument(
         "--labels",
         help="a path,labels CSV (labels separated by ';', paths relative to --input_dir): read "
         "only its files and keep their labels",
@@ -461,16 +544,25 @@ def _main(argv) -> int:
     # Resolved once, here: the messages, the index and the workers all see absolute paths.
     input_dir = cli.input_dir(args.input_dir, "--input_dir")
     output_dir = cli.output_dir(args.output_dir, "--output_dir")
-    index = preprocess(
-        input_dir,
-        output_dir,
-        num_workers=args.num_workers,
-        min_frames=args.min_frames,
-        records_per_shard=args.records_per_shard,
-        overwrite=args.overwrite,
-        labels_csv=args.labels,
-        classes=args.classes,
-    )
+    if args.finalize:
+        if args.num_tasks > 1 or args.overwrite:
+            raise cli.UserError("--finalize only reads the tasks' shards: give it no --num_tasks")
+        index = finalize(output_dir, input_dir)
+    else:
+        index = preprocess(
+            input_dir,
+            output_dir,
+            num_workers=args.num_workers,
+            min_frames=args.min_frames,
+            records_per_shard=args.records_per_shard,
+            overwrite=args.overwrite,
+            labels_csv=args.labels,
+            classes=args.classes,
+            num_tasks=args.num_tasks,
+            task_index=args.task_index,
+        )
+    if index is None:  # a task whose shards are done while others still run
+        return 0
     with open(os.path.join(output_dir, shards.REPORT_NAME)) as f:
         report = json.load(f)["files"]
     print_summary(index, report, output_dir)

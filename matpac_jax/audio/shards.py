@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import threading
 from concurrent import futures
 from typing import Any, Sequence
@@ -53,9 +54,15 @@ def decode(record: bytes) -> np.ndarray:
     return np.frombuffer(record, np.float16, offset=HEADER.itemsize).reshape(n_mels, frames)
 
 
+def temp_name(path: str) -> str:
+    """`path` with a suffix no other process writes: `.tmp-HOST-PID` (machines that share a
+    folder may run the same pid)."""
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes JSON under a temporary name, then renames: readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = temp_name(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
@@ -109,11 +116,16 @@ class MelSource:
     thousands of shards reads under any open-file limit; if opening still fails for lack of
     file descriptors, half the open readers are closed and the open is retried once.
 
+    `__getitems__` (a batch's records) reads them `read_threads` at a time, each record its own
+    read: on network storage a read answers after tens of ms, and only reads in flight together
+    keep a host fed (docs/PERFORMANCE.md). With 1 (a local disk), the records of one shard are
+    read in one call.
+
     Every read error (Riegeli's `RuntimeError` on a corrupt chunk, a damaged header) becomes a
     `ShardError` naming the shard file and the record index inside it.
     """
 
-    def __init__(self, data_dir: str, max_open: int | None = None):
+    def __init__(self, data_dir: str, max_open: int | None = None, read_threads: int = 1):
         self._index = load_index(data_dir)
         self._paths = shard_paths(data_dir, self._index)
         if not self._paths:
@@ -124,8 +136,10 @@ class MelSource:
         self._counts = [s["num_records"] for s in self._index["shards"] if s["num_records"] > 0]
         self._starts = np.cumsum([0] + self._counts[:-1])
         self._max_open = max_open
+        self.read_threads = read_threads
         self._readers: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._pool: futures.ThreadPoolExecutor | None = None
         with futures.ThreadPoolExecutor(min(_OPEN_CHECK_THREADS, len(self._paths))) as pool:
             held = list(pool.map(self._count, range(len(self._paths))))
         if held != self._counts:
@@ -224,16 +238,29 @@ class MelSource:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.__getitems__([i])[0]
 
+    def _thread_pool(self) -> futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = futures.ThreadPoolExecutor(self.read_threads, "shard-read")
+            return self._pool
+
     def __getitems__(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """The records at `indices`, read shard by shard (one read call a shard)."""
+        """The records at `indices`: `read_threads` reads at a time, or shard by shard (one
+        read call a shard) with one thread."""
         total = len(self)
-        by_shard: dict[int, list[tuple[int, int]]] = {}
-        for k, i in enumerate(indices):
+        located = []
+        for i in indices:
             i = int(i)
             if not 0 <= i < total:
                 raise IndexError(f"record {i} of {total}")
             shard = int(np.searchsorted(self._starts, i, side="right") - 1)
-            by_shard.setdefault(shard, []).append((k, i - int(self._starts[shard])))
+            located.append((shard, i - int(self._starts[shard])))
+        if self.read_threads > 1 and len(located) > 1:
+            reads = [self._thread_pool().submit(self._read, s, [p]) for s, p in located]
+            return [r.result()[0] for r in reads]
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for k, (shard, position) in enumerate(located):
+            by_shard.setdefault(shard, []).append((k, position))
         out: list[Any] = [None] * len(indices)
         for shard, items in by_shard.items():
             for (k, _), mel in zip(items, self._read(shard, [p for _, p in items])):
@@ -242,7 +269,7 @@ class MelSource:
 
     def __getstate__(self) -> dict:  # grain's worker processes get a copy without open files
         state = self.__dict__.copy()
-        state["_readers"], state["_lock"] = collections.OrderedDict(), None
+        state["_readers"], state["_lock"], state["_pool"] = collections.OrderedDict(), None, None
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -430,6 +430,7 @@ def _finetune_locked(config, workdir, init, started) -> loop_lib.RunResult:
         num_classes=len(classes),
         epoch_clips=config.data.epoch_clips if config.data.balanced else None,
         rows=sharding.process_rows(mesh, config.batch_size),
+        read_threads=config.data.read_threads,
     )
     data_iter = input_pipeline.InputIterator(dataset, config.data.num_workers)
     sched_info = {

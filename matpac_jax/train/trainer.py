@@ -262,6 +262,7 @@ def _train_locked(config, workdir, started) -> loop_lib.RunResult:
         mean=config.data.mean,
         std=config.data.std,
         rows=rows,
+        read_threads=config.data.read_threads,
     )
     data_iter = input_pipeline.InputIterator(dataset, config.data.num_workers)
     sched, sched_info = run_schedules(config, index["num_records"])
