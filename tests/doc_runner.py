@@ -328,6 +328,7 @@ FIXTURES: dict[str, tuple[Callable[[Path, Assets], None], ...]] = {
     "docs/datasets.md": (esc50_copy, audio_corpus),
     "docs/weights.md": (audio_handful, runs_b),
     "docs/probe.md": (papers_data,),
+    "docs/launching.md": (audio_handful,),
 }
 
 
