@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Callable, Iterator, Optional, Sequence
 
+from matpac_jax import storage
+
 DEBUG_ENV = "MATPAC_DEBUG"
 logger = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ def abspath(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
     path = os.fspath(path)
-    if "://" in path:  # gs://, s3:// ...: a URL is absolute already
+    if storage.is_url(path):  # gs://, s3:// ...: a URL is absolute already
         return path
     return os.path.abspath(os.path.expanduser(path))
 
@@ -212,10 +214,30 @@ def _name(flag: str, path: str, given: Optional[str]) -> str:
     return f"{flag} {shown}" if flag else shown
 
 
-def input_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
-    """An existing, readable folder, as an absolute path; UserError otherwise."""
+def _no_url_here(full: str, name: str, verb: str) -> None:
+    scheme = full.split("://", 1)[0]
+    raise UserError(
+        f"{name}: {verb} {scheme}:// is not supported here yet (the shards of "
+        "--config.data.dir and --data are read from a bucket): use a local or shared folder, "
+        "and copy it to or from the bucket (gcloud storage cp -r)"
+    )
+
+
+def input_dir(path: str, flag: str = "", *, what: str = "folder", url: bool = False) -> str:
+    """An existing, readable folder, as an absolute path; with `url`, also a URL under which
+    objects exist (gs://bucket/mels); UserError otherwise."""
     full = abspath(path)
     name = _name(flag, full, path)
+    if storage.is_url(full) and not url:
+        _no_url_here(full, name, "reading from")
+    if storage.is_url(full):
+        try:
+            found = storage.isdir(full)
+        except Exception as e:  # pylint: disable=broad-except (the client's own: auth, network)
+            raise UserError(f"{name}: cannot be read ({one_line(e)})") from None
+        if not found:
+            raise UserError(f"{name}: no such {what} (no object under it)")
+        return full
     if not os.path.exists(full):
         raise UserError(f"{name}: no such {what}")
     if not os.path.isdir(full):
@@ -256,8 +278,8 @@ def output_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
     """A folder that exists and is writable, or can be created; absolute. Creates nothing."""
     full = abspath(path)
     name = _name(flag, full, path)
-    if "://" in full:
-        return full
+    if storage.is_url(full):
+        _no_url_here(full, name, "writing to")
     if os.path.exists(full):
         if not os.path.isdir(full):
             raise UserError(f"{name}: is a file, expected a {what}")

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from matpac_jax import cli  # imports no jax
 
@@ -107,3 +108,15 @@ def logged_losses(workdir):
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), "a step was logged twice (by two processes?)"
     return {r["step"]: r["loss"] for r in rows if "loss" in r}  # step 0: evaluations only
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator on localhost (tests/gcs_emulator.py) that this process's clients and the
+    subprocesses started with its `env` talk to; gs://matpac-test/... exists."""
+    import gcs_emulator  # pylint: disable=g-import-not-at-top
+
+    server = gcs_emulator.Emulator()
+    os.environ.update(server.env)
+    yield server
+    server.stop()

@@ -209,6 +209,7 @@ def write_shard(
             writer.write(shards.encode(r["mel"]))
         writer.close()
         os.replace(tmp, final)
+        shards.write_ranges(final, len(ok))  # for reads from a bucket; before the done-marker
     sidecar = {
         "path": shard_file,
         "num_records": len(ok),
@@ -301,6 +302,13 @@ def finalize(output_dir: str, input_dir: str | None = None) -> dict:
             f"--finalize: {len(missing)} of {num_shards} shards are not done yet, e.g. "
             f"{', '.join(missing[:3])}: run (or wait for) the tasks that write them"
         )
+    for name in names:  # shards made before the byte ranges were written beside them
+        shard = os.path.join(output_dir, name + ".array_record")
+        if os.path.exists(shard) and not os.path.exists(
+            os.path.join(output_dir, name + shards.RANGES_SUFFIX)
+        ):
+            with open(os.path.join(output_dir, name + ".json")) as f:
+                shards.write_ranges(shard, json.load(f)["num_records"])
     return _finalize(output_dir, names, plan, input_dir=input_dir)
 
 

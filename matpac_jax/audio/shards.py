@@ -10,6 +10,7 @@ speed here for no gain, float16 mels barely compress).
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import socket
@@ -18,6 +19,8 @@ from concurrent import futures
 from typing import Any, Sequence
 
 import numpy as np
+
+from matpac_jax import storage
 
 MAGIC = b"MEL1"
 HEADER = np.dtype([("magic", "S4"), ("n_mels", "<u4"), ("frames", "<u4")])
@@ -71,14 +74,13 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 def load_index(data_dir: str) -> dict:
     """Reads `data_dir/index.json`, with an error that says how to make one."""
-    path = os.path.join(data_dir, INDEX_NAME)
-    if not os.path.exists(path):
+    path = storage.join(data_dir, INDEX_NAME)
+    if not storage.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {data_dir!r} is not a preprocessed shard directory. Make one with "
             f"`python -m matpac_jax.audio.preprocess --input_dir AUDIO --output_dir {data_dir}`."
         )
-    with open(path) as f:
-        index = json.load(f)
+    index = json.loads(storage.read_text(path))
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format_version {index.get('format_version')}, this code "
@@ -88,8 +90,117 @@ def load_index(data_dir: str) -> dict:
 
 
 def shard_paths(data_dir: str, index: dict) -> list[str]:
-    """Absolute paths of the non-empty shards listed in an index, in order."""
-    return [os.path.join(data_dir, s["path"]) for s in index["shards"] if s["num_records"] > 0]
+    """Absolute paths (or URLs) of the non-empty shards listed in an index, in order."""
+    return [storage.join(data_dir, s["path"]) for s in index["shards"] if s["num_records"] > 0]
+
+
+# ---------------------------------------------------------------- byte ranges of the records
+# An ArrayRecord file is a Riegeli file: 64 KiB blocks, each opening with a 24-byte block
+# header, over a stream of chunks (a 40-byte header, then its data). Written with
+# WRITER_OPTIONS, chunk 0 is the file signature and chunk k (k >= 1) holds record k - 1 alone:
+# data = [compression 0][varint length of the sizes][varint record size][the record]. So a
+# record is one byte range of the file, block headers aside: what a read from a bucket fetches
+# (`RangeReader`), one request a record. Preprocessing writes each shard's ranges beside it.
+_BLOCK, _BLOCK_HEADER, _CHUNK_HEADER = 1 << 16, 24, 40
+_BLOCK_DATA = _BLOCK - _BLOCK_HEADER
+RANGES_SUFFIX = ".ranges.npy"  # beside SHARD.array_record: (records, 2) int64 [start, end)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _physical(logical: int) -> int:
+    """Where logical stream byte `logical` sits in the file (block headers counted)."""
+    return logical // _BLOCK_DATA * _BLOCK + _BLOCK_HEADER + logical % _BLOCK_DATA
+
+
+def record_ranges(data: bytes, num_records: int) -> np.ndarray:
+    """(num_records, 2) int64: the file bytes [start, end) of each record of an ArrayRecord
+    file's contents `data` (written with WRITER_OPTIONS), block headers in between included.
+
+    Raises:
+      ValueError: the file is not one record a chunk, uncompressed (other writer options).
+    """
+    stream = b"".join(
+        data[b + _BLOCK_HEADER : b + _BLOCK] for b in range(0, len(data), _BLOCK)
+    )  # the chunks without the block headers
+    out = np.zeros((num_records, 2), np.int64)
+    pos = _CHUNK_HEADER + int.from_bytes(stream[8:16], "little")  # after the signature chunk
+    for k in range(num_records):
+        size = int.from_bytes(stream[pos + 8 : pos + 16], "little")
+        kind, count = stream[pos + 24], int.from_bytes(stream[pos + 25 : pos + 32], "little")
+        body = pos + _CHUNK_HEADER
+        if kind != ord("r") or count != 1 or stream[body] != 0:
+            raise ValueError(
+                f"record {k}: a chunk of type {chr(kind)!r} with {count} records and compression "
+                f"{stream[body]}, not one uncompressed record ({WRITER_OPTIONS})"
+            )
+        sizes_len, at = _varint(stream, body + 1)
+        length, _ = _varint(stream, at)
+        start = at + sizes_len
+        out[k] = _physical(start), _physical(start + length - 1) + 1
+        pos = body + size
+    return out
+
+
+def strip_block_headers(raw: bytes, start: int) -> bytes:
+    """File bytes read from offset `start`, less the block headers among them."""
+    first = -start % _BLOCK  # where the first block header in `raw` begins
+    if first >= len(raw):
+        return raw
+    parts, at = [raw[:first]], first
+    while at < len(raw):
+        parts.append(raw[at + _BLOCK_HEADER : at + _BLOCK])
+        at += _BLOCK
+    return b"".join(parts)
+
+
+def write_ranges(shard_file: str, num_records: int) -> None:
+    """Writes SHARD.ranges.npy beside a local shard (atomically)."""
+    with open(shard_file, "rb") as f:
+        ranges = record_ranges(f.read(), num_records)
+    final = shard_file.removesuffix(".array_record") + RANGES_SUFFIX
+    tmp = temp_name(final)
+    with open(tmp, "wb") as f:
+        np.save(f, ranges)
+    os.replace(tmp, final)
+
+
+class RangeReader:
+    """A shard on any file system fsspec reaches (gs://, s3://, ...): each record one byte-range
+    read, by the ranges preprocessing wrote beside it. Thread-safe, as its file system is."""
+
+    def __init__(self, fs, path: str):
+        self._fs, self._path = fs, path
+        ranges_path = path.removesuffix(".array_record") + RANGES_SUFFIX
+        try:
+            self._ranges = np.load(io.BytesIO(fs.cat_file(ranges_path)))
+        except FileNotFoundError:
+            raise ShardError(
+                f"{ranges_path} not found: shards read from {path.split('://')[0]}:// need the "
+                "byte ranges preprocessing writes beside them; run python -m "
+                "matpac_jax.audio.preprocess --finalize on the local copy, then copy again"
+            ) from None
+
+    def num_records(self) -> int:
+        return len(self._ranges)
+
+    def read(self, positions: Sequence[int]) -> list[bytes]:
+        out = []
+        for p in positions:
+            start, end = (int(x) for x in self._ranges[p])
+            out.append(strip_block_headers(self._fs.cat_file(self._path, start, end), start))
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 def max_open_shards() -> int:
@@ -130,7 +241,11 @@ class MelSource:
         self._paths = shard_paths(data_dir, self._index)
         if not self._paths:
             raise ValueError(f"{data_dir} holds no records (see its {REPORT_NAME}).")
-        missing = [p for p in self._paths if not os.path.exists(p)]
+        self._fs = None  # a URL's file system: readers are RangeReaders
+        if storage.is_url(data_dir):
+            self._fs, _ = storage.filesystem(data_dir)
+            max_open = max_open or len(self._paths)  # no descriptor a shard: keep them all
+        missing = [p for p in self._paths if not self._exists(p)]
         if missing:
             raise FileNotFoundError(f"shards listed in the index are missing: {missing[:3]}")
         self._counts = [s["num_records"] for s in self._index["shards"] if s["num_records"] > 0]
@@ -150,7 +265,12 @@ class MelSource:
                 f"{self._counts[wrong]}): preprocess again."
             )
 
+    def _exists(self, path: str) -> bool:
+        return self._fs.exists(path) if self._fs is not None else os.path.exists(path)
+
     def _open(self, shard: int):
+        if self._fs is not None:
+            return RangeReader(self._fs, self._paths[shard])
         from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
         return array_record_module.ArrayRecordReader(

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.audio import preprocess, shards
 from matpac_jax.data import pipeline as input_pipeline
 
@@ -139,8 +139,8 @@ def _main(argv=None) -> int:
     p.add_argument("--preprocess_files", type=int, default=400)
     p.add_argument("--preprocess_workers", type=int, default=2)
     args = p.parse_args(argv)
-    data = cli.input_dir(args.data, "--data")
-    if not os.path.exists(os.path.join(data, shards.INDEX_NAME)):
+    data = cli.input_dir(args.data, "--data", url=True)
+    if not storage.exists(storage.join(data, shards.INDEX_NAME)):
         raise cli.UserError(
             f"--data {args.data}: no {shards.INDEX_NAME}, not a folder of log-mel shards; make "
             "one with python -m matpac_jax.audio.preprocess"

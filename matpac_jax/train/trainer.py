@@ -28,7 +28,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from matpac_jax import cli, config_lib, models
+from matpac_jax import cli, config_lib, models, storage
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
 from matpac_jax.data import demo
@@ -112,8 +112,8 @@ def check_config(config) -> None:
     except ValueError as e:
         raise cli.UserError(f"--config.{e}") from None
     if config.data.dir:
-        data_dir = cli.input_dir(config.data.dir, "--config.data.dir")
-        if not os.path.exists(os.path.join(data_dir, shards.INDEX_NAME)):
+        data_dir = cli.input_dir(config.data.dir, "--config.data.dir", url=True)
+        if not storage.exists(storage.join(data_dir, shards.INDEX_NAME)):
             raise cli.UserError(
                 f"--config.data.dir {config.data.dir}: no {shards.INDEX_NAME}, not a folder of "
                 "log-mel shards; make one with python -m matpac_jax.audio.preprocess"
