@@ -126,6 +126,25 @@ def test_parallel_reads_give_the_same_batches(data_dir, read_threads):
         np.testing.assert_array_equal(many[step], one[step])
 
 
+def test_batches_prepared_at_once_in_threads_are_the_batches(data_dir):
+    """Threads prepare batches at once (InputIterator) and share the epochs' orders: around
+    every epoch boundary (23 records, batches of 5), each batch is the one made alone."""
+    from concurrent import futures  # pylint: disable=g-import-not-at-top
+
+    alone = [_dataset(data_dir, batch_size=5)[k] for k in range(40)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between almost any two lines
+    try:
+        for _ in range(20):
+            ds = _dataset(data_dir, batch_size=5)  # a fresh cache each round
+            with futures.ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(ds.__getitem__, range(40)))
+            for g, a in zip(got, alone):
+                np.testing.assert_array_equal(g, a)
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_rows_must_be_ascending_rows_of_the_batch(data_dir):
     for bad in ([], [2, 1], [0, 0], [-1, 2], [3, 6], [[0, 1]]):
         with pytest.raises(ValueError, match="not ascending rows of a batch of 6"):

@@ -126,11 +126,15 @@ class ProcessBatches(grain.MapDataset):
         return f"ProcessBatches(batch={self._batch}, {len(self._rows)} rows)"
 
     def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:  # a batch of at most N examples spans <= 2 epochs
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = self._order_of(epoch)
-        return self._orders[epoch]
+        """The epoch's order, from a small cache that the threads preparing batches at once
+        share (a batch spans at most 2 epochs, so BATCH_THREADS batches at most 1 + that)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = self._orders[epoch] = self._order_of(epoch)
+            keys = list(self._orders)  # one step under the GIL: no iteration over a change
+            for old in sorted(keys)[: max(0, len(keys) - (BATCH_THREADS + 2))]:
+                self._orders.pop(old, None)
+        return order
 
     def __getitem__(self, k):
         if isinstance(k, slice):
