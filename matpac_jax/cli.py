@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Iterator, Optional, Sequence
@@ -217,9 +216,9 @@ def _name(flag: str, path: str, given: Optional[str]) -> str:
 def _no_url_here(full: str, name: str, verb: str) -> None:
     scheme = full.split("://", 1)[0]
     raise UserError(
-        f"{name}: {verb} {scheme}:// is not supported here yet (the shards of "
-        "--config.data.dir and --data are read from a bucket): use a local or shared folder, "
-        "and copy it to or from the bucket (gcloud storage cp -r)"
+        f"{name}: {verb} {scheme}:// is not supported here (training, preprocessing, export, "
+        "embed and probe's --encoder take bucket paths): use a local or shared folder, and "
+        "copy it to or from the bucket (gcloud storage cp -r)"
     )
 
 
@@ -274,12 +273,21 @@ def _check_creatable(full: str, name: str) -> None:
         raise UserError(f"{name}: cannot be created, {parent} is not writable")
 
 
-def output_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
-    """A folder that exists and is writable, or can be created; absolute. Creates nothing."""
+def output_dir(path: str, flag: str = "", *, what: str = "folder", url: bool = False) -> str:
+    """A folder that exists and is writable, or can be created; absolute; with `url`, also a
+    URL (gs://bucket/run: objects are written under it). Creates nothing."""
     full = abspath(path)
     name = _name(flag, full, path)
-    if storage.is_url(full):
+    if storage.is_url(full) and not url:
         _no_url_here(full, name, "writing to")
+    if storage.is_url(full):
+        try:
+            is_file = storage.exists(full) and not storage.isdir(full)
+        except Exception as e:  # pylint: disable=broad-except (the client's own: auth, network)
+            raise UserError(f"{name}: cannot be reached ({one_line(e)})") from None
+        if is_file:
+            raise UserError(f"{name}: is an object (a file), expected a {what}")
+        return full
     if os.path.exists(full):
         if not os.path.isdir(full):
             raise UserError(f"{name}: is a file, expected a {what}")
@@ -290,10 +298,18 @@ def output_dir(path: str, flag: str = "", *, what: str = "folder") -> str:
     return full
 
 
-def output_file(path: str, flag: str = "", *, what: str = "file") -> str:
-    """A file path whose folder exists and is writable, or can be created; absolute."""
+def output_file(path: str, flag: str = "", *, what: str = "file", url: bool = False) -> str:
+    """A file path whose folder exists and is writable, or can be created; absolute; with
+    `url`, also a URL (gs://bucket/emb.npz)."""
     full = abspath(path)
     name = _name(flag, full, path)
+    if storage.is_url(full) and not url:
+        _no_url_here(full, name, "writing to")
+    if storage.is_url(full):
+        output_dir(storage.dirname(full), flag, url=True)  # reachable, and not an object
+        if storage.isdir(full):
+            raise UserError(f"{name}: is a folder, expected a {what}")
+        return full
     if os.path.isdir(full):
         raise UserError(f"{name}: is a folder, expected a {what}")
     if os.path.exists(full) and not os.access(full, os.W_OK):
@@ -313,7 +329,7 @@ def make_dir(path: str, flag: str = "") -> str:
     """Creates a folder (and its parents); a failure (permissions, a read-only or special file
     system) is a UserError naming the folder."""
     try:
-        os.makedirs(path, exist_ok=True)
+        storage.makedirs(path)  # a bucket has no folders: nothing to make
     except OSError as e:
         raise UserError(
             f"{_name(flag, path, None)}: cannot create it ({e.strerror or e})"
@@ -327,12 +343,12 @@ def removed_on_failure(path: str) -> Iterator[str]:
 
     For outputs that a failed start must not leave behind (an empty workdir or output folder).
     """
-    existed = os.path.lexists(path)
+    existed = storage.isdir(path) if storage.is_url(path) else os.path.lexists(path)
     try:
         yield path
     except BaseException:
-        if not existed and os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+        if not existed and storage.isdir(path):
+            storage.rmtree(path)
         raise
 
 

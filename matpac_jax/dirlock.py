@@ -15,6 +15,10 @@ refused otherwise (`LockedError`, which names the holder):
 - the heartbeat stopped: the file is older than `lease_s` (default 120 s) by the file server's
   own clock (the age of a file written now), so nodes' clocks may disagree: a node that died.
 
+On a bucket (gs://) the lock is an object: created with an upload precondition
+(`ifGenerationMatch=0`, `storage.create_exclusive`), kept fresh by rewriting it, and aged by the
+bucket's own clock (the time of an object written now).
+
 A takeover happens under FOLDER/.lock.takeover (created with `O_EXCL`, held for milliseconds),
 so of several runs that find the same dead holder, exactly one takes its place.
 """
@@ -31,6 +35,7 @@ import threading
 import time
 import uuid
 
+from matpac_jax import storage
 from matpac_jax.cli import UserError
 
 LOCK_NAME = ".lock"
@@ -110,7 +115,7 @@ class DirLock:
         self.folder = os.fspath(folder)
         self.holder = holder
         self.lease_s = float(lease_s)
-        self.path = os.path.join(self.folder, name)
+        self.path = storage.join(self.folder, name)
         self.took_over: dict | None = None  # the dead holder this lock was taken from
         self._token = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -133,9 +138,14 @@ class DirLock:
     def _read(self) -> tuple[dict | None, float | None]:
         """(the lock's contents, {} if unreadable; its mtime), or (None, None) if there is none."""
         try:
-            with open(self.path) as f:
-                mtime = os.fstat(f.fileno()).st_mtime
-                text = f.read()
+            if storage.is_url(self.path):
+                text, mtime = storage.read_text(self.path), storage.mtime(self.path)
+                if mtime is None:
+                    return None, None
+            else:
+                with open(self.path) as f:
+                    mtime = os.fstat(f.fileno()).st_mtime
+                    text = f.read()
         except FileNotFoundError:
             return None, None
         if not text.strip():
@@ -148,13 +158,12 @@ class DirLock:
 
     def _server_now(self) -> float:
         """The file server's clock: the mtime of a file written now."""
-        probe = os.path.join(self.folder, f".lock.clock-{self._token}")
-        with open(probe, "w"):
-            pass
+        probe = storage.join(self.folder, f".lock.clock-{self._token}")
+        storage.write_bytes(probe, b"")
         try:
-            return os.stat(probe).st_mtime
+            return storage.mtime(probe)
         finally:
-            os.remove(probe)
+            storage.remove(probe)
 
     def _gone_because(self, holder: dict, mtime: float) -> str | None:
         """Why the holder is gone, or None if it may be alive."""
@@ -178,6 +187,8 @@ class DirLock:
     # ------------------------------------------------------------------ taking it
     def _create(self) -> bool:
         """Makes the lock ours if there is none; False if one exists."""
+        if storage.is_url(self.path):  # a bucket: an upload with a precondition
+            return self._create_exclusive()
         tmp = f"{self.path}.new-{self._token}"
         with open(tmp, "w") as f:
             json.dump(self._me(), f)
@@ -194,39 +205,29 @@ class DirLock:
             os.remove(tmp)
 
     def _create_exclusive(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._me(), f)
-        return True
+        return storage.create_exclusive(self.path, json.dumps(self._me()).encode())
 
     @contextlib.contextmanager
     def _takeover_mutex(self):
         path = self.path + _TAKEOVER
         for attempt in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            if storage.create_exclusive(path, b""):
                 break
-            except FileExistsError:
-                try:
-                    age = self._server_now() - os.stat(path).st_mtime
-                except FileNotFoundError:
-                    continue
-                if attempt or age < _TAKEOVER_STALE_S:
-                    raise LockedError(
-                        f"{self.folder} is being taken over by another {self.holder}: "
-                        "try again in a minute"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-        os.close(fd)
+            mtime = storage.mtime(path)
+            if mtime is None:
+                continue
+            if attempt or self._server_now() - mtime < _TAKEOVER_STALE_S:
+                raise LockedError(
+                    f"{self.folder} is being taken over by another {self.holder}: "
+                    "try again in a minute"
+                )
+            storage.remove(path)
+        else:
+            raise LockedError(f"{self.folder} is being taken over by another {self.holder}")
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+            storage.remove(path)
 
     def acquire(self) -> None:
         if self._create():
@@ -251,8 +252,7 @@ class DirLock:
                     f"{self.folder} was just taken by another {self.holder} "
                     f"({describe(again)}): choose another folder"
                 )
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+            storage.remove(self.path)
             if not self._create():
                 raise LockedError(f"{self.folder} was just taken by another {self.holder}")
         self.took_over = holder
@@ -287,7 +287,7 @@ class DirLock:
                     warned = True
                 continue
             with contextlib.suppress(OSError):
-                os.utime(self.path)
+                storage.touch(self.path)
 
     def release(self) -> None:
         self._stop.set()
@@ -296,8 +296,7 @@ class DirLock:
             self._thread = None
         holder, _ = self._read()
         if holder is not None and holder.get("token") == self._token:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+            storage.remove(self.path)
 
     def __enter__(self) -> DirLock:
         self.acquire()

@@ -22,6 +22,11 @@ OUT, each resumable like a single run. The task that finds every shard done writ
 `--finalize` writes it from the shards' sidecars whenever asked (it names the shards still
 missing). The result is byte for byte that of a single run.
 
+Buckets: DIR and OUT may be URLs (gs://bucket/audio, gs://bucket/mels; any scheme fsspec knows).
+Each worker copies its file to a temporary local file to decode it; each shard is written to a
+local temporary folder and uploaded whole (an object appears only once its upload ends), its
+byte ranges and its sidecar after it; the lock is an object created with a precondition.
+
 Relative paths are resolved against the current directory. At the end every run prints how many
 inputs were skipped and why, grouped (`3 too_short: 198-606 frames < --min_frames 608`), then a
 one-line summary. Exit status: 0 when at least one record was written; 1 when every input was
@@ -35,17 +40,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
+from concurrent import futures
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax import labels as labels_lib
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import shards
@@ -73,19 +80,16 @@ def list_inputs(input_dir: str) -> list[str]:
     Raises:
       cli.UserError: `input_dir` is not a readable folder, or holds no audio file.
     """
-    input_dir = cli.input_dir(input_dir, "--input_dir")
+    input_dir = cli.input_dir(input_dir, "--input_dir", url=True)
     extensions = audio_extensions()
-    found = []
-    for root, dirs, files in os.walk(input_dir, followlinks=True):
-        dirs.sort()
-        for name in files:
-            if name.rsplit(".", 1)[-1].lower() in extensions:
-                found.append(os.path.relpath(os.path.join(root, name), input_dir))
+    found = [
+        p for p in storage.files_under(input_dir) if p.rsplit(".", 1)[-1].lower() in extensions
+    ]
     if not found:
         raise cli.UserError(
             f"--input_dir {input_dir}: no audio files (extensions {', '.join(extensions)})"
         )
-    return sorted(found)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +113,8 @@ def process_file(job: Job, relpath: str) -> dict:
     out = {"path": relpath, "status": "skipped", "reason": None, "frames": 0, "mel": None}
     fe = job.front_end
     try:
-        wave = audio.load_audio(os.path.join(job.input_dir, relpath), fe.sample_rate)
+        with storage.local_copy(storage.join(job.input_dir, relpath)) as local:
+            wave = audio.load_audio(local, fe.sample_rate)
         if wave.shape[0] < fe.min_samples:
             raise audio.AudioError(
                 "too_short",
@@ -188,7 +193,7 @@ def _single_threaded_blas() -> None:
 
 
 def _shard_name(i: int, n: int) -> str:
-    return os.path.join(SHARD_DIR, f"mels-{i:05d}-of-{n:05d}")
+    return f"{SHARD_DIR}/mels-{i:05d}-of-{n:05d}"
 
 
 def write_shard(
@@ -202,14 +207,21 @@ def write_shard(
     ok = [r for r in results if r["status"] == "ok"]
     shard_file = name + ".array_record"
     if ok:
-        final = os.path.join(output_dir, shard_file)
-        tmp = shards.temp_name(final)
-        writer = array_record_module.ArrayRecordWriter(tmp, shards.WRITER_OPTIONS)
-        for r in ok:
-            writer.write(shards.encode(r["mel"]))
-        writer.close()
-        os.replace(tmp, final)
-        shards.write_ranges(final, len(ok))  # for reads from a bucket; before the done-marker
+        final = storage.join(output_dir, shard_file)
+        # The writer needs a local file: on a bucket, one in a local folder, then uploaded.
+        staging = tempfile.mkdtemp(prefix="matpac-shard-") if storage.is_url(final) else None
+        tmp = os.path.join(staging, "shard.array_record") if staging else storage.temp_name(final)
+        try:
+            writer = array_record_module.ArrayRecordWriter(tmp, shards.WRITER_OPTIONS)
+            for r in ok:
+                writer.write(shards.encode(r["mel"]))
+            writer.close()
+            # For reads from a bucket; before the done-marker (the sidecar).
+            shards.write_ranges(final, len(ok), written=tmp)
+            storage.upload(tmp, final)
+        finally:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
     sidecar = {
         "path": shard_file,
         "num_records": len(ok),
@@ -223,16 +235,15 @@ def write_shard(
             for r in results
         ],
     }
-    shards.write_json_atomic(os.path.join(output_dir, name + ".json"), sidecar)
+    shards.write_json_atomic(storage.join(output_dir, name + ".json"), sidecar)
     return sidecar
 
 
 def _check_plan(output_dir: str, plan: dict) -> None:
     """Refuses to resume into an OUT made from other inputs or parameters."""
-    path = os.path.join(output_dir, PLAN_NAME)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    path = storage.join(output_dir, PLAN_NAME)
+    if storage.exists(path):
+        old = json.loads(storage.read_text(path))
         if old != plan:
             changed = sorted(k for k in plan if old.get(k) != plan[k])
             raise cli.UserError(
@@ -245,8 +256,8 @@ def _check_plan(output_dir: str, plan: dict) -> None:
 
 def _clear(output_dir: str) -> None:
     for pattern in (PLAN_NAME, shards.INDEX_NAME, shards.REPORT_NAME, f"{SHARD_DIR}/*"):
-        for p in glob.glob(os.path.join(output_dir, pattern)):
-            os.remove(p)
+        for p in storage.glob(storage.join(output_dir, pattern)):
+            storage.remove(p)
 
 
 def _start(
@@ -268,32 +279,34 @@ def _start(
         stack.enter_context(DirLock(output_dir, what, name=lock_name))  # before any change
         if overwrite:
             _clear(output_dir)
-        os.makedirs(os.path.join(output_dir, SHARD_DIR), exist_ok=True)
+        storage.makedirs(storage.join(output_dir, SHARD_DIR))
         # Left by an interrupted run of this task: never part of the output. Other tasks'
         # temporary files are theirs (they may be writing them now).
         patterns = [f"{n}.*.tmp-*" for n in names] if num_tasks > 1 else ["**/*.tmp-*"]
         for pattern in patterns:
-            for stale in glob.glob(os.path.join(output_dir, pattern), recursive=True):
-                os.remove(stale)
+            for stale in storage.glob(storage.join(output_dir, pattern)):
+                storage.remove(stale)
         _check_plan(output_dir, plan)
 
 
 def _missing(output_dir: str, names: list[str]) -> list[str]:
-    """The shards of `names` whose sidecar (their done-marker) is not written yet."""
-    return [n for n in names if not os.path.exists(os.path.join(output_dir, n + ".json"))]
+    """The shards of `names` whose sidecar (their done-marker) is not written yet (one listing,
+    not a request a shard: a bucket holds thousands)."""
+    done = storage.glob(storage.join(output_dir, SHARD_DIR, "*.json"))
+    done = {f"{SHARD_DIR}/{os.path.basename(p).removesuffix('.json')}" for p in done}
+    return [n for n in names if n not in done]
 
 
 def finalize(output_dir: str, input_dir: str | None = None) -> dict:
     """Writes `index.json` and `report.json` of OUT from its plan and its shards' sidecars (the
     tasks' work, `--num_tasks`); cli.UserError naming the shards still missing."""
-    output_dir = cli.input_dir(output_dir, "--output_dir")
-    path = os.path.join(output_dir, PLAN_NAME)
-    if not os.path.exists(path):
+    output_dir = cli.input_dir(output_dir, "--output_dir", url=True)
+    path = storage.join(output_dir, PLAN_NAME)
+    if not storage.exists(path):
         raise cli.UserError(
             f"--output_dir {output_dir}: no {PLAN_NAME}: no preprocessing ran there"
         )
-    with open(path) as f:
-        plan = json.load(f)
+    plan = json.loads(storage.read_text(path))
     num_shards = -(-plan["num_inputs"] // plan["records_per_shard"])
     names = [_shard_name(i, num_shards) for i in range(num_shards)]
     missing = _missing(output_dir, names)
@@ -303,12 +316,12 @@ def finalize(output_dir: str, input_dir: str | None = None) -> dict:
             f"{', '.join(missing[:3])}: run (or wait for) the tasks that write them"
         )
     for name in names:  # shards made before the byte ranges were written beside them
-        shard = os.path.join(output_dir, name + ".array_record")
-        if os.path.exists(shard) and not os.path.exists(
-            os.path.join(output_dir, name + shards.RANGES_SUFFIX)
+        shard = storage.join(output_dir, name + ".array_record")
+        if storage.exists(shard) and not storage.exists(
+            storage.join(output_dir, name + shards.RANGES_SUFFIX)
         ):
-            with open(os.path.join(output_dir, name + ".json")) as f:
-                shards.write_ranges(shard, json.load(f)["num_records"])
+            sidecar = json.loads(storage.read_text(storage.join(output_dir, name + ".json")))
+            shards.write_ranges(shard, sidecar["num_records"])
     return _finalize(output_dir, names, plan, input_dir=input_dir)
 
 
@@ -346,8 +359,8 @@ def preprocess(
             "--overwrite with --num_tasks: one task would delete the others' shards; empty "
             "--output_dir first (or run one task with --overwrite)"
         )
-    input_dir = cli.input_dir(input_dir, "--input_dir")
-    output_dir = cli.output_dir(output_dir, "--output_dir")
+    input_dir = cli.input_dir(input_dir, "--input_dir", url=True)
+    output_dir = cli.output_dir(output_dir, "--output_dir", url=True)
     inputs = list_inputs(input_dir)
     label_plan, labels = {}, None
     if labels_csv is not None:
@@ -367,7 +380,8 @@ def preprocess(
     mine = list(range(task_index, num_shards, num_tasks))
     with contextlib.ExitStack() as lock:
         _start(lock, output_dir, plan, overwrite, [names[i] for i in mine], num_tasks, task_index)
-        todo = [i for i in mine if not os.path.exists(os.path.join(output_dir, names[i] + ".json"))]
+        missing = set(_missing(output_dir, [names[i] for i in mine]))
+        todo = [i for i in mine if names[i] in missing]
         pending = [inputs[i * records_per_shard : (i + 1) * records_per_shard] for i in todo]
         job = Job(input_dir, front_end, min_frames)
         work = [(job, p) for files in pending for p in files]
@@ -463,10 +477,9 @@ def _finalize(output_dir: str, names: list[str], plan: dict, input_dir: str | No
     With no frames at all, `mean` and `std` are null: NaN is not JSON, and a reader must not
     normalise by a made-up number.
     """
-    sidecars = []
-    for n in names:
-        with open(os.path.join(output_dir, n + ".json")) as f:
-            sidecars.append(json.load(f))
+    paths = [storage.join(output_dir, n + ".json") for n in names]
+    with futures.ThreadPoolExecutor(16 if storage.is_url(output_dir) else 1) as pool:
+        sidecars = [json.loads(text) for text in pool.map(storage.read_text, paths)]
     report = [entry for s in sidecars for entry in s.pop("report")]
     count = sum(sum(s["frames"]) for s in sidecars) * plan["front_end"]["n_mels"]
     total, total_sq = sum(s.pop("sum") for s in sidecars), sum(s.pop("sum_sq") for s in sidecars)
@@ -491,10 +504,10 @@ def _finalize(output_dir: str, names: list[str], plan: dict, input_dir: str | No
     if "classes" in plan:  # --labels: each shard entry holds its records' label indices
         index["classes"] = plan["classes"]
     shards.write_json_atomic(
-        os.path.join(output_dir, shards.REPORT_NAME),
+        storage.join(output_dir, shards.REPORT_NAME),
         {"num_inputs": len(report), "num_ok": ok, "num_skipped": len(report) - ok, "files": report},
     )
-    shards.write_json_atomic(os.path.join(output_dir, shards.INDEX_NAME), index)
+    shards.write_json_atomic(storage.join(output_dir, shards.INDEX_NAME), index)
     return index
 
 
@@ -550,8 +563,8 @@ def _parser() -> cli.ArgumentParser:
 def _main(argv) -> int:
     args = _parser().parse_args(argv)
     # Resolved once, here: the messages, the index and the workers all see absolute paths.
-    input_dir = cli.input_dir(args.input_dir, "--input_dir")
-    output_dir = cli.output_dir(args.output_dir, "--output_dir")
+    input_dir = cli.input_dir(args.input_dir, "--input_dir", url=True)
+    output_dir = cli.output_dir(args.output_dir, "--output_dir", url=True)
     if args.finalize:
         if args.num_tasks > 1 or args.overwrite:
             raise cli.UserError("--finalize only reads the tasks' shards: give it no --num_tasks")
@@ -571,8 +584,7 @@ def _main(argv) -> int:
         )
     if index is None:  # a task whose shards are done while others still run
         return 0
-    with open(os.path.join(output_dir, shards.REPORT_NAME)) as f:
-        report = json.load(f)["files"]
+    report = json.loads(storage.read_text(storage.join(output_dir, shards.REPORT_NAME)))["files"]
     print_summary(index, report, output_dir)
     if not index["num_records"]:
         print(

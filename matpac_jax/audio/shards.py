@@ -13,7 +13,6 @@ import collections
 import io
 import json
 import os
-import socket
 import threading
 from concurrent import futures
 from typing import Any, Sequence
@@ -57,19 +56,9 @@ def decode(record: bytes) -> np.ndarray:
     return np.frombuffer(record, np.float16, offset=HEADER.itemsize).reshape(n_mels, frames)
 
 
-def temp_name(path: str) -> str:
-    """`path` with a suffix no other process writes: `.tmp-HOST-PID` (machines that share a
-    folder may run the same pid)."""
-    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON under a temporary name, then renames: readers never see half a file."""
-    tmp = temp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON (a local path or a URL) so that readers never see half a file."""
+    storage.write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def load_index(data_dir: str) -> dict:
@@ -162,15 +151,13 @@ def strip_block_headers(raw: bytes, start: int) -> bytes:
     return b"".join(parts)
 
 
-def write_ranges(shard_file: str, num_records: int) -> None:
-    """Writes SHARD.ranges.npy beside a local shard (atomically)."""
-    with open(shard_file, "rb") as f:
-        ranges = record_ranges(f.read(), num_records)
-    final = shard_file.removesuffix(".array_record") + RANGES_SUFFIX
-    tmp = temp_name(final)
-    with open(tmp, "wb") as f:
-        np.save(f, ranges)
-    os.replace(tmp, final)
+def write_ranges(shard_file: str, num_records: int, written: str | None = None) -> None:
+    """Writes SHARD.ranges.npy beside the shard `shard_file` (a path or URL; atomically), from
+    the shard's bytes there or in the local file `written`."""
+    ranges = record_ranges(storage.read_bytes(written or shard_file), num_records)
+    buffer = io.BytesIO()
+    np.save(buffer, ranges)
+    storage.write_bytes(shard_file.removesuffix(".array_record") + RANGES_SUFFIX, buffer.getvalue())
 
 
 class RangeReader:

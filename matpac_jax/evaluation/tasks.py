@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.audio import frontend as audio
 from matpac_jax.evaluation import report as probe_report
 
@@ -303,7 +303,17 @@ def _stamp(path: str) -> str:
 
 
 def encoder_fingerprint(spec: str) -> str:
-    """The spec, plus names, sizes and times of the files under it when it is a path."""
+    """The spec, plus names, sizes and times of the files under it when it is a path (or the
+    objects' sizes and versions under a URL)."""
+    if storage.is_url(spec):
+        h = hashlib.sha256(spec.rstrip("/").encode())
+        for rel, stamp in storage.url_stamps(spec):
+            parts = rel.split("/")
+            if set(_VOLATILE) & set(parts) or any(".orbax-checkpoint-tmp" in q for q in parts):
+                continue
+            if not parts[-1].startswith(".lock"):
+                h.update(f"{rel}:{stamp};".encode())
+        return h.hexdigest()
     if not os.path.exists(spec):
         return spec
     h = hashlib.sha256(os.path.abspath(spec).encode())

@@ -25,13 +25,14 @@ decoded or embedded.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import logging
 import os
 import sys
 
 import numpy as np
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.audio import frontend as audio
 from matpac_jax.audio import preprocess
 
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 def _read(input_dir: str, relpath: str, fe: audio.FrontEnd) -> tuple[np.ndarray | None, str, str]:
     """(waveform, "", "") or (None, reason, detail) for one file."""
     try:
-        wave = audio.load_audio(os.path.join(input_dir, relpath), fe.sample_rate)
+        with storage.local_copy(storage.join(input_dir, relpath)) as local:
+            wave = audio.load_audio(local, fe.sample_rate)
     except audio.AudioError as e:
         return None, e.reason, e.detail
     except OSError as e:  # vanished or unreadable on disk
@@ -116,13 +118,12 @@ def embed_folder(
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Writes the arrays under a temporary name, then renames."""
+    """Writes the arrays at once (a local path or a URL): readers never see half a file."""
     path = cli.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)  # `main` made it; a library caller may not
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    storage.makedirs(storage.dirname(path))  # `main` made it; a library caller may not
+    buffer = io.BytesIO()  # a file object: np.savez would append ".npz" to a name
+    np.savez(buffer, **arrays)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def skip_lines(arrays: dict[str, np.ndarray]) -> list[str]:
@@ -190,11 +191,11 @@ def _main(argv) -> int:
     args = _parser().parse_args(argv)
     # Every check a user can fail runs here, before the encoder is loaded or a clip decoded:
     # an unwritable --out must not surface only after the whole folder has been embedded.
-    input_dir = cli.input_dir(args.input_dir, "--input_dir")
-    out = cli.output_file(args.out, "--out")
+    input_dir = cli.input_dir(args.input_dir, "--input_dir", url=True)
+    out = cli.output_file(args.out, "--out", url=True)
     paths = preprocess.list_inputs(input_dir)
-    folder = os.path.dirname(out)
-    existed = os.path.isdir(folder)
+    folder = storage.dirname(out)
+    existed = storage.isdir(folder)
     with cli.removed_on_failure(folder):
         cli.make_dir(folder, "--out")  # now: a file system may refuse what os.access allowed
         arrays = _embed(args, input_dir, paths)
@@ -204,7 +205,7 @@ def _main(argv) -> int:
     for line in lines:
         print(f"  {line}")
     if not n:
-        if not existed:
+        if not existed and not storage.is_url(folder):
             os.rmdir(folder)  # nothing written: leave nothing behind
         print(
             f"{PROG}: error: nothing written: all {m} files were skipped (reasons above)",

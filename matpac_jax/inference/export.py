@@ -6,7 +6,8 @@
 The trainer writes WORKDIR/export at the end of a run (`export_encoder`); `python -m
 matpac_jax.interop.convert from-torch` writes one from the published PyTorch weights (`write_export`).
 A folder is replaced whole: the new one is written beside it and renamed into place, so a reader
-finds the old export, the new one, or (briefly) none, never a partial one.
+finds the old export, the new one, or (briefly) none, never a partial one. A bucket (gs://) has
+no rename: there the old export loses its config.json first and the new one gets it last.
 
 Format versions: 1 adds `format_version` itself (and the optional `head`); a config.json without
 it is version 0, written before this module, and reads the same. A newer version is refused.
@@ -24,7 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def write_export(path: str, params: Any, config: dict) -> str:
     """
     text = config_text(config)
     final = epath.Path(cli.abspath(path))
+    if storage.is_url(os.fspath(final)):
+        return _write_export_in_place(final, params, text)
     tmp, old = (final.parent / f".{final.name}.{suffix}" for suffix in ("tmp", "old"))
     if jax.process_index() == 0:
         for stale in (tmp, old):
@@ -98,6 +101,25 @@ def write_export(path: str, params: Any, config: dict) -> str:
     return os.fspath(final)
 
 
+def _write_export_in_place(final: epath.Path, params: Any, text: str) -> str:
+    """`write_export` on a bucket, which has no rename (gcsfs copies every object, then
+    deletes it): config.json, which makes the folder an export (`is_export`), goes first when
+    an old export is removed and last when the new one is written, so a reader finds the old
+    export, the new one or none, never a partial one."""
+    if jax.process_index() == 0 and final.exists():
+        if (final / CONFIG_NAME).exists():
+            (final / CONFIG_NAME).unlink()
+        final.rmtree()
+    _barrier("matpac_export_start")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(final / PARAMS_NAME, params)
+    if jax.process_index() == 0:
+        (final / CONFIG_NAME).write_text(text)
+    _barrier("matpac_export_done")
+    logger.info("wrote the encoder export %s", final)
+    return os.fspath(final)
+
+
 def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
     """The trainer's export: WORKDIR/export/ (see `write_export`).
 
@@ -109,7 +131,7 @@ def export_encoder(workdir: str, params_encoder: Any, config: dict) -> str:
     Returns:
       The export directory.
     """
-    return write_export(os.path.join(cli.abspath(workdir), "export"), params_encoder, config)
+    return write_export(storage.join(cli.abspath(workdir), "export"), params_encoder, config)
 
 
 def read_config(path: str) -> dict:

@@ -23,7 +23,6 @@ topology for their size, or `--topology 4x4x8` for another.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
 import numpy as np
 from orbax.checkpoint import multihost
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.evaluation.evaluators import (
     BASELINES,
     CI_SUFFIX,
@@ -138,11 +137,10 @@ class TrainingEvals:
         """
         key = [self.specs, dataclasses.asdict(self.protocol), dataclasses.asdict(self.model_cfg)]
         key = json.loads(json.dumps([*key, self.inputs["normalization"], seed]))  # tuples: lists
-        path = os.path.join(workdir, BASELINES)
+        path = storage.join(workdir, BASELINES)
         done = False
-        if self.write and os.path.exists(path):
-            with open(path) as f:
-                done = json.load(f).get("key") == key
+        if self.write and storage.exists(path):
+            done = json.loads(storage.read_text(path)).get("key") == key
         done = _agreed(done, self.write)  # every process takes the writer's decision
         if done or not self.specs:
             return
@@ -152,9 +150,8 @@ class TrainingEvals:
             init = {k: v for k, v in init.items() if k != "eval/seconds"}
             logmel = self.evaluator.logmel_scores(self.inputs["normalization"])
             seconds = {"seconds": time.perf_counter() - start, "setup_seconds": self.setup_seconds}
-            with open(path + ".tmp", "w") as f:
-                json.dump({"key": key, "init": init, "logmel": logmel, **seconds}, f, indent=1)
-            os.replace(path + ".tmp", path)
+            record = {"key": key, "init": init, "logmel": logmel, **seconds}
+            storage.write_text(path, json.dumps(record, indent=1))
         self.wait()
 
 

@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from flax import nnx
 from orbax.checkpoint import multihost
 
-from matpac_jax import cli, models
+from matpac_jax import cli, models, storage
 from matpac_jax.audio import shards
 from matpac_jax.data import demo
 from matpac_jax.data import pipeline as input_pipeline
@@ -218,6 +218,8 @@ def check_config(config) -> None:
         raise cli.UserError(f"--config.eval_every_epochs={config.eval_every_epochs}: >= 1")
     for name in ("train_dir", "eval_dir"):
         path = config.data[name]
+        if path and storage.is_url(path):
+            cli.input_dir(path, f"--config.data.{name}")  # one line: not from a bucket (yet)
         if path and not os.path.exists(os.path.join(cli.abspath(path), shards.INDEX_NAME)):
             raise cli.UserError(
                 f"--config.data.{name} {path}: no {shards.INDEX_NAME}, not a folder of log-mel "

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
 import time
 from typing import Any, Callable
 
 import jax
 from absl import logging
 
-from matpac_jax import cli, dirlock, models
+from matpac_jax import cli, dirlock, models, storage
 from matpac_jax.train import checkpoints as checkpointing
 from matpac_jax.train import distributed, run_record, sharding
 from matpac_jax.train import metrics as metric_writer
@@ -64,8 +62,8 @@ def in_workdir(workdir: str, what: str, body: Callable[[str, list], RunResult]) 
     config or data, a locked workdir) leaves no workdir behind that did not exist before.
     """
     process = jax.process_index()
-    workdir = cli.output_dir(workdir, "--workdir")
-    created = process == 0 and not os.path.exists(workdir)
+    workdir = cli.output_dir(workdir, "--workdir", url=True)
+    created = process == 0 and not storage.isdir(workdir)
     cli.make_dir(workdir, "--workdir")
     started = []
     lock = dirlock.DirLock(workdir, what) if process == 0 else contextlib.nullcontext()
@@ -74,7 +72,7 @@ def in_workdir(workdir: str, what: str, body: Callable[[str, list], RunResult]) 
             return body(workdir, started)
     except BaseException:
         if created and not started:
-            shutil.rmtree(workdir, ignore_errors=True)
+            storage.rmtree(workdir)
         raise
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from typing import Any
 
-from matpac_jax import cli
+from matpac_jax import cli, storage
 from matpac_jax.audio import shards
 
 NAME = "run.json"
@@ -68,11 +67,10 @@ def _show(value: Any) -> str:
 
 def read(workdir: str) -> dict | None:
     """The run's record, or None when the workdir has none (a new run, or an old workdir)."""
-    path = os.path.join(workdir, NAME)
-    if not os.path.exists(path):
+    path = storage.join(workdir, NAME)
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 def check_resume(workdir: str, config) -> list[tuple[str, Any, Any]]:
@@ -126,5 +124,5 @@ def write(workdir: str, info: dict, *, config, step: int, changed: list) -> dict
     if history is None:  # a record from before starts were kept: its one start, step unknown
         history = [{"step": None, **previous}] if previous else []
     record = {"config": start["config"], **info, "starts": [*history, start]}
-    shards.write_json_atomic(os.path.join(workdir, NAME), record)
+    shards.write_json_atomic(storage.join(workdir, NAME), record)
     return record
