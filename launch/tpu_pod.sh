@@ -33,8 +33,9 @@
 # and exit 0) and the slice is no longer READY, the script re-creates it, sets it up again and
 # resumes, up to N times. Every worker writes its part of each checkpoint into the workdir, and
 # process 0 holds WORKDIR/.lock (a lock file, no flock; a dead holder's is taken over) and
-# appends metrics.jsonl there: the workdir must be a shared file system (Filestore/NFS) mounted
-# on every worker. JAX finds the workers from the TPU metadata server (--distributed=on).
+# writes metrics.jsonl there: the workdir must be a bucket (gs://..., no mount needed) or a
+# shared file system (Filestore/NFS) mounted on every worker. JAX finds the workers from the
+# TPU metadata server (--distributed=on).
 set -euo pipefail
 
 usage() {
