@@ -30,7 +30,7 @@ AUDIOSET = "audioset"  # the class list named by `--classes audioset`
 
 def audioset_classes(path: str = AUDIOSET_CSV) -> list[dict[str, str]]:
     """AudioSet's 527 classes, {"mid", "display_name"}, in the reference head's order (by mid)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     return [
         {"mid": r["mid"], "display_name": r["display_name"]}
@@ -46,7 +46,7 @@ def read_labels_csv(path: str, flag: str = "--labels") -> dict[str, list[str]]:
         twice.
     """
     path = cli.input_file(path, flag, what="labels CSV")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = {"path", "labels"} - set(reader.fieldnames or ())
         if missing:

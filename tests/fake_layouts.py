@@ -44,9 +44,9 @@ def write_noise(path: Path, rate: int, seconds: float, channels=1, subtype="PCM_
     sf.write(path, wave if channels > 1 else wave[:, 0], rate, subtype=subtype, format=fmt)
 
 
-def _write_csv(path: Path, header, rows):
+def _write_csv(path: Path, header, rows, encoding="utf-8"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding=encoding) as f:
         csv.writer(f).writerows([header, *rows])
 
 
@@ -220,7 +220,8 @@ def openmic_layout(root: Path, npz: bool = False) -> MultiRows:
             write_noise(path, 44_100, 1.0, channels=2, subtype="VORBIS", fmt="OGG")
         for instrument, value in relevance.items():
             labels.append([key, instrument, value, 3])
-        meta.append([key, f"{artist}{key[-3:]}", artist, "fake title"])
+        # Non-ASCII names, as the real metadata has them (UTF-8).
+        meta.append([key, f"{artist}{key[-3:]}", artist, "Sigur Rós", "Ágætis byrjun – ½"])
         positive = tuple(c for c in openmic.CLASS_NAMES if relevance.get(c, 0) >= 0.5)
         unknown = tuple(c for c in openmic.CLASS_NAMES if c not in relevance)
         split = "valid" if artist in ("10", "20") else split
@@ -234,12 +235,15 @@ def openmic_layout(root: Path, npz: bool = False) -> MultiRows:
                 c = openmic.CLASS_NAMES.index(instrument)
                 y_true[r, c], y_mask[r, c] = value, True
         x = np.zeros((len(keys), 10, 128), np.uint8)
+        # As the official scripts/helper_numpy.py saves them: the keys an object array.
+        keys = np.array(keys, dtype=object)
         np.savez(root / "openmic-2018.npz", X=x, Y_true=y_true, Y_mask=y_mask, sample_key=keys)
     else:
         header = ["sample_key", "instrument", "relevance", "num_responses"]
         _write_csv(root / "openmic-2018-aggregated-labels.csv", header, labels)
-    header = ["sample_key", "track_id", "artist_id", "track_title"]
-    _write_csv(root / "openmic-2018-metadata.csv", header, meta)
+    header = ["sample_key", "track_id", "artist_id", "artist_name", "track_title"]
+    # With a byte-order mark, as a spreadsheet saving "CSV UTF-8" writes it.
+    _write_csv(root / "openmic-2018-metadata.csv", header, meta, encoding="utf-8-sig")
     (root / "class-map.json").write_text(
         json.dumps({c: i for i, c in enumerate(openmic.CLASS_NAMES)})
     )

@@ -1,8 +1,11 @@
 """Tests for matpac_jax/datasets: every builder on a tiny fake copy of its official layout."""
 
 import csv
+import json
 import logging
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -289,6 +292,46 @@ def test_openmic_labels_by_hand_and_from_the_npz(tmp_path):
     clips = datasets.BUILDERS["openmic"].checked_clips(tmp_path / "npz")
     assert {(c.rel, c.labels, c.unknown, c.split) for c in clips} == set(from_npz)
     assert {r[0]: r[1:] for r in from_npz} == rows
+
+
+def test_the_official_openmic_files_load_under_a_non_utf8_locale(tmp_path):
+    """The official npz holds `sample_key` as an object array (scripts/helper_numpy.py), the
+    metadata is UTF-8 with non-ASCII names (here with a BOM): both read where the locale's
+    encoding is ASCII (LC_ALL=C without Python's UTF-8 mode)."""
+    expected = sorted(fake_layouts.openmic_layout(tmp_path, npz=True))
+    with np.load(tmp_path / "openmic-2018.npz", allow_pickle=True) as z:
+        assert z["sample_key"].dtype == object  # the file is written as the official one
+    code = (
+        "import json, locale, sys\n"
+        "from matpac_jax import datasets\n"
+        "clips = datasets.BUILDERS['openmic'].checked_clips(__import__('pathlib').Path(sys.argv[1]))\n"
+        "print(locale.getpreferredencoding(False))\n"
+        "print(json.dumps(sorted([c.rel, list(c.labels), list(c.unknown), c.split] for c in clips)))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONPATH": root}
+    env["PYTHONCOERCECLOCALE"] = "0"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        check=False, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    encoding, clips = out.stdout.splitlines()[-2:]
+    assert "utf" not in encoding.lower()
+    assert json.loads(clips) == [[r, list(p), list(u), s] for r, p, u, s in expected]
+
+
+def test_magnatagatune_tags_in_the_order_of_the_published_top50_tags_txt():
+    # top50_tags.txt of the published split lists (jongpillee's MTAT_split), as it is written.
+    published = (
+        "guitar classical slow techno strings drums electronic rock fast piano ambient beat "
+        "violin vocal synth female indian opera male singing vocals noVocals harpsichord loud "
+        "quiet flute woman maleVocal noVocal pop soft sitar solo man classic choir voice newAge "
+        "dance maleVoice femaleVocal beats harp cello noVoice weird country femaleVoice metal "
+        "choral"
+    ).split()
+    spaced = [re.sub(r"([a-z])([A-Z])", r"\1 \2", t).lower() for t in published]
+    assert list(datasets.magnatagatune.TOP50) == spaced
 
 
 def test_openmic_without_artists_holds_out_by_sample_key(tmp_path):

@@ -97,6 +97,61 @@ def test_knn_score_over_partitions():
     assert evaluators.knn_score(x, task, evaluators.Protocol()) == (0.0, 0.0)
 
 
+def test_knn_votes_with_unknown_labels_against_numpy():
+    """An unknown label casts no vote: a class's votes are its known neighbours' votes scaled
+    to all k weights (float64 by hand); all known: the plain votes."""
+    rng = np.random.default_rng(3)
+    memory, query = rng.normal(size=(12, 5)), rng.normal(size=(4, 5))
+    y = (rng.random((12, 3)) < 0.5).astype(np.float32)
+    known = (rng.random((12, 3)) < 0.7).astype(np.float32)
+    known[:, 2] = 0  # nobody annotated class 2: no vote at all
+    kw = {"k": 5, "temperature": 0.2, "num_classes": 3}
+    votes = evaluators.knn_votes(memory, y, query, known=known, **kw)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sim = unit(query) @ unit(memory).T
+    for q in range(4):
+        near = np.argsort(-sim[q])[:5]
+        w = np.exp((sim[q, near] - 1) / 0.2)
+        for c in range(3):
+            kc = known[near, c]
+            want = 0.0 if not kc.any() else (w * y[near, c] * kc).sum() * w.sum() / (w * kc).sum()
+            assert votes[q, c] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    ones = np.ones_like(known)
+    np.testing.assert_array_equal(
+        evaluators.knn_votes(memory, y, query, known=ones, **kw),
+        evaluators.knn_votes(memory, y, query, **kw),
+    )
+
+
+@pytest.mark.parametrize("scorer", ["knn", "linear"])
+def test_a_masked_label_changes_no_in_training_score(scorer):
+    """OpenMIC-like partial labels: flipping a label nobody annotated (in the memory or
+    training rows, and in the test rows) changes neither the score nor its interval; the same
+    flip on a known label does."""
+    from matpac_jax.evaluation import protocol as probe_lib
+
+    rng = np.random.default_rng(4)
+    n, c = 60, 4
+    y = (rng.random((n, c)) < 0.4).astype(np.float32)
+    x = (y @ rng.normal(size=(c, 8)) + 0.8 * rng.normal(size=(n, 8))).astype(np.float32)
+    known = (rng.random((n, c)) < 0.75).astype(np.float32)
+    y[:, 0] = np.tile([1, 0], n // 2)  # every split holds both values of class 0
+    part = probe_lib.Partition(np.arange(0, 36), np.arange(36, 44), np.arange(44, 60))
+    protocol = evaluators.Protocol(protocols=(scorer,))
+
+    def score(labels, mask):
+        task = evaluators.EvalTask("t", labels, [part], c, True, "", mask)
+        return evaluators.SCORERS[scorer](x, task, protocol)
+
+    base = score(y, known)
+    flipped = y.copy()
+    masked = known == 0
+    flipped[masked] = 1 - flipped[masked]
+    assert masked[:36].any() and masked[44:].any()
+    assert score(flipped, known) == base
+    assert score(flipped, np.ones_like(known)) != score(y, np.ones_like(known))
+
+
 def test_interval_is_the_spread_of_the_score_over_resampled_test_clips():
     rng = np.random.default_rng(0)
     ys = [rng.integers(0, 3, 150), rng.integers(0, 3, 90)]

@@ -299,6 +299,25 @@ def _toy(seed=1, n=120, dim=32, classes=4):
     return x, y, part
 
 
+def test_the_rate_is_chosen_from_the_seeds_mean_validation_score(monkeypatch):
+    """Seed 0's validation prefers the first rate, seeds 1 and 2 the second, and their mean
+    the second: every seed's classifier is the second rate's (a choice from seed 0 alone, or
+    one per seed, would give seed 0 the first)."""
+    x, y, part = _toy()
+    lrs = (1e-4, 1e-3, 1e-2)
+    crafted = {0: [0.9, 0.2, 0.1], 1: [0.1, 0.8, 0.7], 2: [0.1, 0.8, 0.7]}  # means .37 .6 .5
+    real_grid = probe_lib._grid  # pylint: disable=protected-access
+
+    def grid(x, y, part, seed, *args):
+        out = real_grid(x, y, part, seed, *args)
+        return {**out, "valid_by_lr": crafted[seed], "valid_loss_by_lr": [1.0, 1.0, 1.0]}
+
+    monkeypatch.setattr(probe_lib, "_grid", grid)
+    cfg = probe_lib.ProbeConfig(learning_rates=lrs, max_epochs=3, patience=3)
+    result = probe_lib.evaluate(x, y, [part], num_classes=4, seeds=(0, 1, 2), cfg=cfg)
+    assert [row[0] for row in result["learning_rate"]] == [1e-3] * 3
+
+
 def test_grid_chooses_the_lr_that_single_runs_score_best_on_validation():
     x, y, part = _toy()
     seeds = (0, 1, 2)

@@ -31,6 +31,7 @@ def test_table_averages_over_the_tasks_present_by_hand():
     assert t["present"] == ["nsynth", "fsd50k"]  # the table's column order
     assert t["ours"]["scores"]["nsynth"] == {
         "mean": 50.0, "ci95": 2.0, "metric": "acc", "n_test": 10, "skipped_clips": 0,
+        "vs_MATPAC++": "below",
     }  # fmt: skip
     assert t["ours"]["scores"]["fsd50k"]["roc_auc"] is None  # undefined, not NaN
     assert t["ours"]["avg_present"] == pytest.approx((50.0 + 25.0) / 2)
@@ -41,10 +42,51 @@ def test_table_averages_over_the_tasks_present_by_hand():
     assert round(t["published"]["MATPAC"]["avg_all"], 1) == 75.2
     assert round(t["published"]["M2D"]["avg_all"], 1) == 74.3
     md = suite.render_table(t)
-    assert "| **ours** (`logmel`) | – | 50.0 ± 2.0 | – | – | 25.0 | – | – | 37.5 | – |" in md
-    assert "| MATPAC++ | 85.6 | 76.8 | 87.6 | 40.8 | 56.1 | 93.1 | 89.7 | 66.5 | 75.7 |" in md
+    assert "| **ours** (`logmel`) | – | 50.0 ± 2.0 ↓ | – | – | 25.0 ↓ | – | – | 37.5 | – |" in md
+    assert (
+        "| MATPAC++ | 85.6 ± 0.1 | 76.8 ± 0.2 | 87.6 ± 0.0 | 40.8 ± 0.1 | 56.1 ± 0.1 | 93.1 ± 0.1 "
+        "| 89.7 ± 0.3 | 66.5 | 75.7 |"
+    ) in md
+    assert "| HTS-AT (s) | 86.3 ± 0.0 | 70.0 ± 0.2 |" in md
     assert "Not found under --data_root: openmic, gtzan, magnatagatune, esc50." in md
     json.dumps(t, allow_nan=False)  # valid JSON: no NaN
+
+
+def test_the_whole_published_table_and_its_averages():
+    """Table 1's fifteen rows with their intervals; each row's average, computed from its seven
+    figures, is the table's own average column up to the figures' rounding (seven values
+    rounded to 0.1 move their mean by at most 0.05, the printed average by 0.05 more)."""
+    rows = suite.PUBLISHED
+    assert len(rows) == 15 and list(rows)[-3:] == ["M2D", "MATPAC", "MATPAC++"]
+    assert [n for n, r in rows.items() if r["supervised"]] == ["HTS-AT", "BEATs iter3+", "PaSST"]
+    assert rows["ATST-Clip"]["scores"][2] == 79.5 and rows["ATST-Clip"]["ci95"][2] == 1.8
+    for name, row in rows.items():
+        assert len(row["scores"]) == len(row["ci95"]) == 7
+        assert abs(sum(row["scores"]) / 7 - row["avg"]) <= 0.1 + 1e-9, name
+    t = suite.table({}, "x", [], "evar")
+    assert {n: r["avg_published"] for n, r in t["published"].items()} == {
+        n: r["avg"] for n, r in rows.items()
+    }
+
+
+def test_our_row_is_marked_against_the_matpac_pp_interval():
+    assert suite.mark(93.3, 93.1, 0.1) == "above"
+    assert suite.mark(93.2, 93.1, 0.1) == "within"  # the interval's edge is inside
+    assert suite.mark(93.0, 93.1, 0.1) == "within"
+    assert suite.mark(87.5, 87.6, 0.0) == "below"
+    entries = {"esc50": _entry(0.933, 0.004), "gtzan": _entry(0.876, 0.01)}
+    scores = suite.table(entries, "x", [], "evar")["ours"]["scores"]
+    assert scores["esc50"]["vs_MATPAC++"] == "above" and scores["gtzan"]["vs_MATPAC++"] == "within"
+
+
+def test_the_protocol_line_of_a_grid_row_and_of_the_baseline():
+    entries = {"esc50": _entry(0.5, 0.01)}
+    baseline = suite.render_table(suite.table(entries, "logmel", [], "grid"))
+    assert "The log-mel baseline is probed under `grid`" in baseline
+    other = suite.render_table(suite.table(entries, "runs/b", [], "grid"))
+    assert "Protocol `grid` chooses the learning rate on validation: not the published" in other
+    published = suite.render_table(suite.table(entries, "runs/b", [], "evar"))
+    assert "not the published" not in published and "baseline" not in published
 
 
 def test_tasks_found_by_folder_and_rows_that_did_not_decode_left_out(tmp_path):
@@ -132,7 +174,11 @@ def test_the_table_from_a_fresh_data_root_and_a_second_run_embeds_nothing_again(
         np.mean([s["mean"] for s in table["ours"]["scores"].values()])
     )
     md = (out / "table.md").read_text()
-    for name in ("MATPAC++", "MATPAC", "M2D"):
-        assert f"| {name} |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and " ± " in line]
+    assert len(rows) == 16 and len([r for r in rows if "(s) |" in r]) == 3
+    for name in ("MATPAC++", "MATPAC", "M2D", "ASiT", "HuBERT"):
+        assert f"| {name} | " in md
+    # The log-mel baseline at its best: the grid protocol, said beside the table.
+    assert table["protocol"] == "grid" and "The log-mel baseline is probed under `grid`" in md
     assert (out / "table.png").stat().st_size > 10_000
     assert all(not math.isnan(s["mean"]) for s in table["ours"]["scores"].values())

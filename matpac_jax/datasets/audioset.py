@@ -43,7 +43,7 @@ def read_segments(path: str) -> list[tuple[str, str, str, list[str]]]:
     """
     path = cli.input_file(path, "--segments", what="segment list")
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, skipinitialspace=True)
         for line, row in enumerate(reader, start=1):
             if not row or row[0].startswith("#"):

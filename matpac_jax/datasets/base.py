@@ -116,7 +116,7 @@ def check_files_exist(clips: Sequence[Clip], instructions: str, progress: bool =
 
 def read_csv(path: Path, columns: Sequence[str], instructions: str) -> list[dict[str, str]]:
     """Rows of a metadata CSV, after checking it exists and has `columns`."""
-    with open(require(path, instructions), newline="") as f:
+    with open(require(path, instructions), newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         lacking = [c for c in columns if c not in (reader.fieldnames or [])]
         if lacking:

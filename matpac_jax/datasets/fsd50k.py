@@ -93,7 +93,7 @@ class Fsd50k(base.MultiLabelAudioBuilder):
 
 def _vocabulary(path: Path) -> tuple[str, ...]:
     """vocabulary.csv's names in index order (rows `index,label,mid`, no header)."""
-    with open(base.require(path, INSTRUCTIONS), newline="", encoding="utf-8") as f:
+    with open(base.require(path, INSTRUCTIONS), newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f) if r]
     try:
         rows = sorted(rows, key=lambda r: int(r[0]))

@@ -53,7 +53,7 @@ into manual_dir/splits/, one track a line, e.g. blues/blues.00029.wav."""
 def read_split_list(path: Path) -> list[str]:
     """Track names (`blues.00029`) of one split list file."""
     names = []
-    with open(base.require(path, INSTRUCTIONS)) as f:
+    with open(base.require(path, INSTRUCTIONS), encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:

@@ -61,7 +61,7 @@ class Nsynth(base.AudioClassificationBuilder):
         clips = []
         for split in base.SPLITS:
             root = manual_dir / f"nsynth-{split}"
-            with open(base.require(root / "examples.json", INSTRUCTIONS)) as f:
+            with open(base.require(root / "examples.json", INSTRUCTIONS), encoding="utf-8") as f:
                 notes = json.load(f)
             for note_str, note in sorted(notes.items()):
                 family = note.get("instrument_family_str")

@@ -72,7 +72,7 @@ class OpenMic(base.MultiLabelAudioBuilder):
     @classmethod
     def list_clips(cls, manual_dir: Path, config: str | None = None) -> list[base.Clip]:
         root = base.find_root(manual_dir, (".", "openmic-2018"), "class-map.json", INSTRUCTIONS)
-        with open(root / "class-map.json") as f:
+        with open(root / "class-map.json", encoding="utf-8") as f:
             class_map = json.load(f)
         if sorted(class_map, key=class_map.get) != list(CLASS_NAMES):
             raise base.ManualDirError(
@@ -109,7 +109,7 @@ class OpenMic(base.MultiLabelAudioBuilder):
 
 def _keys(path: Path) -> list[str]:
     """The sample keys of a partition file (one a line; a header line is skipped)."""
-    lines = base.require(path, INSTRUCTIONS).read_text().split()
+    lines = base.require(path, INSTRUCTIONS).read_text(encoding="utf-8-sig").split()
     return [k.strip().split(",")[0] for k in lines if k.strip() and k.strip() != "sample_key"]
 
 
@@ -133,9 +133,18 @@ def _relevance(root: Path) -> dict[str, dict[str, float]]:
             f"neither {csv_path} nor {npz_path} exists: no labels.\n{INSTRUCTIONS}"
         )
     with np.load(npz_path, allow_pickle=False) as z:
-        y_true, y_mask, keys = z["Y_true"], z["Y_mask"].astype(bool), z["sample_key"]
-    for key, values, known in zip(keys, y_true, y_mask):
-        out[str(key)] = {c: float(v) for c, v, k in zip(CLASS_NAMES, values, known) if k}
+        y_true, y_mask = z["Y_true"], z["Y_mask"].astype(bool)
+        try:
+            keys = z["sample_key"]
+        except ValueError:  # an object array: how the official scripts/helper_numpy.py saves it
+            keys = None
+    if keys is None:  # pickled str objects; unpickled for this one array of the official file
+        with np.load(npz_path, allow_pickle=True) as z:
+            keys = z["sample_key"]
+    if not all(isinstance(k, str) for k in keys.tolist()):
+        raise base.ManualDirError(f"{npz_path}: sample_key holds other than strings")
+    for key, values, known in zip(keys.tolist(), y_true, y_mask):
+        out[key] = {c: float(v) for c, v, k in zip(CLASS_NAMES, values, known) if k}
     return out
 
 

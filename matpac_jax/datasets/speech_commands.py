@@ -35,7 +35,7 @@ manual_dir/speech_commands_v0.02/testing_list.txt and .../yes/*.wav exist."""
 
 def _read_list(path: Path) -> set[str]:
     """Entries (`word/file.wav`) of validation_list.txt or testing_list.txt."""
-    with open(base.require(path, INSTRUCTIONS)) as f:
+    with open(base.require(path, INSTRUCTIONS), encoding="utf-8-sig") as f:
         return {line.strip() for line in f if line.strip()}
 
 

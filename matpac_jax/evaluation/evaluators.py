@@ -14,11 +14,16 @@ section 7) on the cached log-mels and scores the clip embeddings:
   cosine similarity, each voting for its label with weight exp(similarity / 0.07); the top-voted
   class is the prediction (ties: the first class). Memory: the train split (k-fold tasks: the
   other folds). Metric: accuracy (`knn_acc`), or macro mAP of the votes for a multi-label task
-  (`knn_map`).
+  (`knn_map`). A multi-label task's unknown labels (the CSV's `unknown` column: OpenMIC's
+  unannotated instruments) cast no vote: a class's votes are those of the neighbours whose
+  label of it is known, scaled to all k neighbours' weight.
 - `linear`: probe_lib's linear probe (its default protocol, seed 0) on at most
   `linear_max_train` training clips, the same ones every time (`linear_acc` / `linear_map`).
   On the demo's tasks its last score ranks a pretrained encoder, its initial weights and log-mel
   as the final probe table does, where the kNN vote often does not (docs/small_scale.md, section 7).
+
+Unknown labels are left out of every score as the probe leaves them out: of the linear probe's
+loss and validation, of the test mAP and of its resamples.
 
 Each score comes with the half-width of its 95% interval over the test clips (the score's
 spread when the test clips are drawn again with replacement, `score_with_interval`): with a
@@ -188,18 +193,23 @@ class EvalTask:
     num_classes: int
     multilabel: bool
     clips: str  # mel cache file: tasks over the same clips share their embeddings
+    known: np.ndarray | None = None  # (n, C) 1/0: 0 where nobody annotated a row's class
 
 
 # ---------------------------------------------------------------------------------------------
 # Scores of fixed embeddings: pure functions.
 
 
-def knn_votes(memory, memory_y, queries, *, k: int, temperature: float, num_classes: int):
+def knn_votes(
+    memory, memory_y, queries, *, k: int, temperature: float, num_classes: int, known=None
+):
     """(nq, C) votes of weighted k-NN (module docstring), in float64 for reproducible sums.
 
     Args:
       memory, queries: (nm, D) and (nq, D) embeddings (L2-normalised here).
       memory_y: (nm,) class indices or (nm, C) multi-hot.
+      known: (nm, C) 1/0 mask of the memory's multi-hot labels; an unknown label casts no vote:
+        a class's votes are its known neighbours' votes x (all k weights / theirs); None: all.
     """
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sim = unit(np.asarray(queries, np.float64)) @ unit(np.asarray(memory, np.float64)).T
@@ -207,39 +217,60 @@ def knn_votes(memory, memory_y, queries, *, k: int, temperature: float, num_clas
     idx = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, len(memory))]
     weights = np.exp((np.take_along_axis(sim, idx, axis=1) - 1.0) / temperature)  # <= 1: finite
     labels = memory_y if memory_y.ndim == 2 else np.eye(num_classes)[memory_y]
-    return np.einsum("qk,qkc->qc", weights, np.asarray(labels, np.float64)[idx])
+    labels = np.asarray(labels, np.float64)[idx]  # (nq, k, C)
+    if known is None:
+        return np.einsum("qk,qkc->qc", weights, labels)
+    known = np.asarray(known, np.float64)[idx]
+    known_weight = np.einsum("qk,qkc->qc", weights, known)
+    votes = np.einsum("qk,qkc->qc", weights, labels * known)
+    scale = weights.sum(axis=1, keepdims=True) / np.maximum(known_weight, 1e-300)
+    return np.where(known_weight > 0, votes * scale, 0.0)
 
 
 def knn_score(x, task: EvalTask, protocol: Protocol) -> tuple[float, float]:
     """kNN accuracy (or mAP), the mean over the task's partitions, and its 95% half-width."""
     kw = {"k": protocol.knn_k, "temperature": protocol.knn_temperature}
-    y, c = task.y, task.num_classes
+    y, c, known = task.y, task.num_classes, task.known
+
+    def rows(r):
+        return None if known is None else known[r]
+
     votes = [
-        knn_votes(x[p.train], y[p.train], x[p.test], num_classes=c, **kw) for p in task.partitions
+        knn_votes(x[p.train], y[p.train], x[p.test], num_classes=c, known=rows(p.train), **kw)
+        for p in task.partitions
     ]
-    return score_with_interval([y[p.test] for p in task.partitions], votes)
+    tests = [p.test for p in task.partitions]
+    return score_with_interval([y[t] for t in tests], votes, [rows(t) for t in tests])
 
 
-def score_with_interval(ys: list, scores: list, resamples: int = BOOTSTRAP) -> tuple[float, float]:
+def score_with_interval(
+    ys: list, scores: list, knowns: list | None = None, resamples: int = BOOTSTRAP
+) -> tuple[float, float]:
     """The protocol's score (accuracy or macro mAP) of each partition's test predictions,
     averaged over the partitions, and the half-width of its 95% interval over the test clips:
     1.96 x the standard deviation of the score when each partition's test clips are drawn again
     with replacement (`resamples` times, a fixed seed). It measures how much the score owes to
     which clips happen to be in the test split: with 150 test clips, about +-7 points at 50%.
+    `knowns`: per partition, the (n_test, C) label mask of a multi-label task (unknown labels
+    are left out of the mAP and its resamples), or None.
     """
     from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
-    value = float(np.mean([probe_lib.score(y, v) for y, v in zip(ys, scores)]))
+    knowns = knowns if knowns is not None else [None] * len(ys)
+    value = float(np.mean([probe_lib.score(y, v, k) for y, v, k in zip(ys, scores, knowns)]))
     rng = np.random.default_rng(0)
     if ys[0].ndim == 2:  # mAP costs a scikit-learn call per class and draw: fewer draws
         resamples = min(resamples, 200)
     draws = np.zeros(resamples)
-    for y, v in zip(ys, scores):
+    for y, v, k in zip(ys, scores, knowns):
         idx = rng.integers(0, len(y), size=(resamples, len(y)))
         if y.ndim == 1:  # accuracy: the mean of a resampled 0/1 vector
             draws += (np.argmax(v, axis=1) == y)[idx].mean(axis=1)
         else:  # a draw without a positive of some class leaves that class out of its mean
-            draws += [_nan_safe(probe_lib.mean_average_precision(y[i], v[i])) for i in idx]
+            draws += [
+                _nan_safe(probe_lib.mean_average_precision(y[i], v[i], None if k is None else k[i]))
+                for i in idx
+            ]
     return value, float(1.96 * np.std(draws / len(ys)))
 
 
@@ -268,10 +299,13 @@ def linear_score(x, task: EvalTask, protocol: Protocol) -> tuple[float, float]:
     rng = np.random.default_rng(0)  # the same rows at every evaluation
     n = protocol.linear_max_train
     parts = [p._replace(train=subsample(p.train, task.y, n, rng)) for p in task.partitions]
+    known = task.known
     result = probe_lib.evaluate(
-        x, task.y, parts, num_classes=task.num_classes, seeds=(0,), keep_logits=True
+        x, task.y, parts, num_classes=task.num_classes, seeds=(0,), keep_logits=True, known=known
     )
-    return score_with_interval([task.y[p.test] for p in parts], result["test_logits"][0])
+    tests = [p.test for p in parts]
+    knowns = None if known is None else [known[t] for t in tests]
+    return score_with_interval([task.y[t] for t in tests], result["test_logits"][0], knowns)
 
 
 SCORERS = {"knn": knn_score, "linear": linear_score}
@@ -316,7 +350,9 @@ class Evaluator:
             if key not in self.mels:
                 self.mels[key] = clip_log_mels(task.paths, n, front_end, cache_dir)
             parts, c = task.partitions(), len(task.classes)
-            self.tasks.append(EvalTask(task.name, task.targets(), parts, c, task.multilabel, key))
+            self.tasks.append(
+                EvalTask(task.name, task.targets(), parts, c, task.multilabel, key, task.known())
+            )
 
     def evaluate(self, featurizer, prefix: str = "") -> dict:
         """{`eval/<task>/<prefix><protocol>_<metric>`: score, and the same key + `_ci95`: the

@@ -155,7 +155,7 @@ def _split_classes(text: str) -> tuple[str, ...]:
 def _read_rows(path: str) -> tuple[list[str], list[dict]]:
     """The stripped header and rows of a CSV file."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in reader.fieldnames or []]
             rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]

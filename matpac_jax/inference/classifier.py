@@ -46,7 +46,7 @@ def read_labels(path: str) -> list[str]:
       cli.UserError: the file cannot be read as any of these.
     """
     path = cli.input_file(path, "--labels", what="labels file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         text = f.read()
     try:
         if path.endswith(".json"):
