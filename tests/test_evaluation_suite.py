@@ -89,6 +89,27 @@ def test_the_protocol_line_of_a_grid_row_and_of_the_baseline():
     assert "not the published" not in published and "baseline" not in published
 
 
+def test_magnatagatune_defaults_to_every_clip_as_marble_splits_them(tmp_path):
+    """MARBLE's MTT preprocessing (behind the published figure) keeps every clip, by folder:
+    by default the suite does too; the fake layout's clip 24 has no top-50 tag."""
+    fake_layouts.magnatagatune_layout(tmp_path / "mtt")
+    args = suite._parser().parse_args(["--encoder", "x", "--data_root", "d", "--out", "o"])  # pylint: disable=protected-access
+    assert args.mtt == "all" and args.clips == "evar" and args.crop_seed == 0
+    (found,), _ = suite.find_tasks(str(tmp_path), ["magnatagatune"], mtt=args.mtt)
+    suite.write_tasks([found], str(tmp_path / "out"))
+    rels = sorted(os.path.relpath(p, tmp_path / "mtt") for p in found.task.paths)
+    # By hand from fake_layouts.MTT: every decodable clip; 35644 is left out (empty file).
+    assert rels == sorted(
+        ["f/american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria-30-59.mp3",
+         "0/artist_a-album-01-track-0-29.mp3", "b/artist_b-album-02-song-30-59.mp3",
+         "1/artist_c-album-03-song-0-29.mp3", "c/artist_d-album-04-song-0-29.mp3",
+         "d/artist_e-album-05-song-59-88.mp3"]
+    )  # fmt: skip
+    (tagged,), _ = suite.find_tasks(str(tmp_path), ["magnatagatune"], mtt="tagged")
+    suite.write_tasks([tagged], str(tmp_path / "out_tagged"))
+    assert len(tagged.task.paths) == 5
+
+
 def test_tasks_found_by_folder_and_rows_that_did_not_decode_left_out(tmp_path):
     (tmp_path / "ESC-50").mkdir()
     (tmp_path / "mtt").mkdir()
@@ -165,7 +186,10 @@ def test_the_table_from_a_fresh_data_root_and_a_second_run_embeds_nothing_again(
     for key, score in table["ours"]["scores"].items():
         assert score["mean"] == pytest.approx(100 * report[key]["mean"])
         assert score["metric"] == ("mAP" if report[key]["multilabel"] else "acc")
-        assert report[key]["clip_seconds"] is None  # whole clips
+        # The published protocol's clips: each task's EVAR length (MTT whole, as MARBLE's).
+        assert report[key]["clip_seconds"] == suite.EVAR_SECONDS[key]
+        random = key in ("openmic", "nsynth", "gtzan", "fsd50k")  # split tasks, cut to a length
+        assert ("random offset" in report[key]["clips"]) == random, report[key]["clips"]
     assert table["ours"]["scores"]["fsd50k"]["skipped_clips"] == 1
     # OpenMIC's partial labels reach the probe as a mask: its 18 unknown instruments per clip.
     assert report["openmic"]["n_test"] == [2] and len(report["openmic"]["classes"]) == 20

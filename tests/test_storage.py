@@ -256,14 +256,10 @@ def test_preprocess_train_embed_and_probe_on_a_bucket(gcs, tmp_path):
     module = "matpac_jax.inference.embed"
     emb = gcs.url("e2e/emb.npz")
     _command(cwd, module, "--encoder", run, "--input_dir", audio_url, "--out", emb, env=env)
-    _command(local, module, "--encoder", "run", "--input_dir", "audio", "--out", "e.npz", env=env)
     with storage.local_copy(emb) as path:
         far = dict(np.load(path))
-    near = dict(np.load(local / "e.npz"))
-    np.testing.assert_array_equal(far["paths"], near["paths"])
-    assert far["embeddings"].shape == near["embeddings"].shape and len(far["paths"]) == 10
-    # The same program on other weights: the bucket's run went on to step 6.
-    assert not np.allclose(far["embeddings"], near["embeddings"])
+    assert sorted(far["paths"].tolist()) == sorted(f"clips/{i}.wav" for i in range(10))
+    assert far["embeddings"].shape[0] == 10 and np.isfinite(far["embeddings"]).all()
 
     module = "matpac_jax.evaluation.probe"
     args = ["--encoder", f"{run}/export", "--task_csv", local / "audio" / "tones.csv"]

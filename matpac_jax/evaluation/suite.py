@@ -3,8 +3,8 @@
 Usage::
 
     python -m matpac_jax.evaluation.suite --encoder SPEC --data_root DIR --out OUT
-        [--protocol evar|grid] [--seeds 3] [--tasks esc50,nsynth,...] [--crop fsd50k=7.64]
-        [--mtt all] [--cache DIR]
+        [--protocol evar|grid] [--clips evar|whole] [--seeds 3] [--tasks esc50,nsynth,...]
+        [--crop fsd50k=7.64] [--crop_seed 0] [--mtt all|tagged] [--cache DIR]
 
 DIR holds each dataset's official layout in a folder of its own (docs/datasets.md says what
 goes in each): `openmic/`, `nsynth/`, `gtzan/`, `magnatagatune/`, `fsd50k/`, `esc50/`,
@@ -14,9 +14,11 @@ any embedding work.
 
 For each task: the clips of the official protocol (the builders of `matpac_jax.datasets`,
 written as `OUT/tasks/TASK.csv`), the papers' embedding (SPEC's last layer, the frequency
-patches of each 16-frame step concatenated, 3,840-d for ViT-B, mean over the time steps, whole
-clips in the encoder's precise 608-frame chunks; `--crop TASK=S` cuts or pads that task's clips
-to S seconds instead, as EVAR does FSD50K's to 7.64 s), cached under `--cache` (default
+patches of each 16-frame step concatenated, 3,840-d for ViT-B, mean over the time steps, in the
+encoder's precise 608-frame chunks) of each clip cut or zero-padded to its task's length in
+EVAR (`EVAR_SECONDS`: `--clips evar`, the default; train and valid clips of a split task cut
+at an offset drawn once per clip from `--crop_seed`, test clips from their start; `--clips
+whole` embeds whole clips; `--crop TASK=S` sets one task's length), cached under `--cache` (default
 `OUT/cache`) so that a second run, or one with a task added, embeds nothing again; then the
 probe (`--protocol evar`, the papers' fixed learning rate, by default; `grid` chooses it on
 validation) over `--seeds` seeds, with the official folds of ESC-50 and UrbanSound8K. A clip
@@ -56,6 +58,18 @@ TASKS = (
     ("esc50", "ESC-50", "acc", "esc50"),
     ("urbansound8k", "US8K", "acc", "urbansound8k"),
 )
+# The clip length of each task in the published protocol: EVAR's unit seconds (evar/ds_tasks.py)
+# where EVAR has the task; OpenMIC's clips are all 10 s; MagnaTagATune's figure came through
+# EVAR's MARBLE plugin, which embeds whole files (crop_to_length_in_sec=None): None, whole.
+EVAR_SECONDS = {
+    "openmic": 10.0,
+    "nsynth": 4.0,
+    "gtzan": 30.0,
+    "magnatagatune": None,
+    "fsd50k": 7.6358,
+    "esc50": 5.0,
+    "urbansound8k": 4.0,
+}
 # Folder names under --data_root, first found wins.
 FOLDERS = {
     "openmic": ("openmic", "openmic-2018", "OpenMIC-2018"),
@@ -188,7 +202,9 @@ def mark(mean: float, reference: float, half: float) -> str:
     return "below" if mean < low else "within"
 
 
-def table(entries: dict[str, dict], spec: str, missing: list[str], protocol: str) -> dict:
+def table(
+    entries: dict[str, dict], spec: str, missing: list[str], protocol: str, clips: str = "evar"
+) -> dict:
     """table.json's content: our row (percent, mean and 95% half-width per task, and where it
     lies against the MATPAC++ row's interval), every published row of Table 1 with its
     intervals, and the averages over the tasks present and over all seven (computed from the
@@ -205,6 +221,8 @@ def table(entries: dict[str, dict], spec: str, missing: list[str], protocol: str
                 "n_test": int(np.sum(e["n_test"])),
                 "skipped_clips": len(e.get("skipped", {})),
             }
+            if e.get("clips"):
+                ours[key]["clips"] = e["clips"]
             ref = PUBLISHED[REFERENCE]
             i = [k for k, *_ in TASKS].index(key)
             ours[key]["vs_" + REFERENCE] = mark(ours[key]["mean"], ref["scores"][i], ref["ci95"][i])
@@ -227,6 +245,7 @@ def table(entries: dict[str, dict], spec: str, missing: list[str], protocol: str
     return {
         "encoder": spec,
         "protocol": protocol,
+        "clips": clips,
         "columns": [{"key": k, "title": t, "metric": m} for k, t, m, _ in TASKS],
         "present": present,
         "missing": missing,
@@ -283,6 +302,14 @@ def render_table(t: dict) -> str:
             f"| {shown_name} | {values} | {_num(row['avg_present'])} | {row['avg_all']:.1f} |"
         )
     extra = []
+    if t.get("clips") == "evar":
+        extra.append(
+            "Clips: each task's length in EVAR (OpenMIC 10 s, NSynth 4 s, GTZAN 30 s, MTT whole, "
+            "FSD50K 7.6358 s, ESC-50 5 s, US8K 4 s), shorter ones zero-padded, train and valid "
+            "clips cut at a random offset, test clips from the start (report.json: `clips`)."
+        )
+    else:
+        extra.append("Clips: embedded whole (`--clips whole`), not EVAR's per-task lengths.")
     if t["missing"]:
         extra.append(f"Not found under --data_root: {', '.join(t['missing'])}.")
     aucs = [f"{k} {_num(ours[k]['roc_auc'])}" for k in cols if k in ours and "roc_auc" in ours[k]]
@@ -381,12 +408,15 @@ def run(
     seeds: int = 3,
     protocol: str = "evar",
     crops: dict[str, float] | None = None,
-    mtt: str = "tagged",
+    mtt: str = "all",
     cache_dir: str | None = None,
     featurizer=None,
+    clips: str = "evar",
+    crop_seed: int = 0,
 ) -> dict:
     """Runs the suite (module docstring); returns table.json's content."""
-    crops = crops or {}
+    crops = {**(EVAR_SECONDS if clips == "evar" else {}), **(crops or {})}
+    seed = crop_seed if clips == "evar" else None  # random train/valid crops: EVAR's
     found, missing = find_tasks(data_root, wanted or [k for k, *_ in TASKS], mtt)
     if not found:
         names = ", ".join(f"{k}/" for k, *_ in TASKS)
@@ -404,7 +434,9 @@ def run(
     with cli.removed_on_failure(out):  # a wrong folder or encoder leaves nothing behind
         cli.make_dir(out)
         write_tasks(found, out)
-        paths = [probe_data.cache_file(f.task, spec, crops.get(f.key), cache_dir) for f in found]
+        paths = [
+            probe_data.cache_file(f.task, spec, crops.get(f.key), cache_dir, seed) for f in found
+        ]
         if featurizer is None and not all(map(os.path.exists, paths)):
             from matpac_jax.inference import encoder as inference  # pylint: disable=g-import-not-at-top (jax: after the checks)
 
@@ -413,13 +445,16 @@ def run(
     for f, path in zip(found, paths):
         crop = crops.get(f.key)
         cached = os.path.exists(path)
-        emb, failed = probe_data.cached_embeddings(f.task, path, crop, featurizer, skip_bad=True)
+        emb, failed = probe_data.cached_embeddings(
+            f.task, path, crop, featurizer, skip_bad=True, crop_seed=seed
+        )
         for row, why in sorted(failed.items()):
             probe_cli.warn(f.key, f"left out {shown(f.task.paths[row])}: {why}")
         task = without_rows(f.task, failed)
         warnings = probe_cli.data_warnings(task)
         entry = probe_cli.probe_task(task, emb, spec, crop, seeds, cfg, out, warnings)
         entry["skipped"] = {f.task.paths[r]: why for r, why in failed.items()}
+        entry["clips"] = _clip_policy(crop, seed, f.task)
         entry["embeddings_cached"] = cached
         entries[f.key] = entry
         print(
@@ -433,13 +468,25 @@ def run(
         "tasks": [entries[f.key] for f in found],
     }
     probe_report.write_report(out, report)
-    result = table(entries, spec, missing, cfg.protocol)
+    result = table(entries, spec, missing, cfg.protocol, clips)
     with open(os.path.join(out, "table.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(render_table(result))
     plot_table(result, os.path.join(out, "table.png"))
     return result
+
+
+def _clip_policy(seconds: float | None, crop_seed: int | None, task) -> str:
+    """How the task's clips were cut, in words (report.json's `clips`)."""
+    if seconds is None:
+        return "whole clips"
+    if crop_seed is None or not task.crop_rows():
+        return f"{seconds:g} s from the start, shorter clips zero-padded"
+    return (
+        f"{seconds:g} s, shorter clips zero-padded; train and valid clips cut at a random offset "
+        f"(crop seed {crop_seed}), test clips from the start"
+    )
 
 
 def _crops(values: list[str], known: list[str]) -> dict[str, float]:
@@ -469,6 +516,18 @@ def _parser() -> cli.ArgumentParser:
         default="evar",
         help="evar (default): the papers' fixed lr 3e-5; grid: chosen on validation",
     )
+    p.add_argument(
+        "--clips",
+        choices=("evar", "whole"),
+        default="evar",
+        help="evar (default): each task's EVAR length, random train/valid crops; whole clips",
+    )
+    p.add_argument(
+        "--crop_seed",
+        type=cli.int_at_least(0),
+        default=0,
+        help="the seed of the random train/valid crops (--clips evar)",
+    )
     p.add_argument("--seeds", type=cli.int_at_least(1), default=3, help="classifier seeds 0..N-1")
     p.add_argument("--tasks", help="comma-separated subset of: " + ",".join(k for k, *_ in TASKS))
     p.add_argument(
@@ -476,13 +535,14 @@ def _parser() -> cli.ArgumentParser:
         action="append",
         default=[],
         metavar="TASK=SECONDS",
-        help="cut or pad TASK's clips to SECONDS (EVAR: fsd50k=7.64); default whole",
+        help="cut or pad TASK's clips to SECONDS (default: EVAR's length, or whole clips)",
     )
     p.add_argument(
         "--mtt",
-        choices=("tagged", "all"),
-        default="tagged",
-        help="MagnaTagATune clips: with a top-50 tag (default) or all",
+        choices=("all", "tagged"),
+        default="all",
+        help="MagnaTagATune clips: all 25,863 (default, as MARBLE's preprocessing behind the "
+        "published figure) or those with a top-50 tag",
     )
     p.add_argument("--cache", help="embedding cache folder (default OUT/cache)")
     return p
@@ -512,6 +572,8 @@ def _main(argv) -> int:
         crops=crops,
         mtt=args.mtt,
         cache_dir=cache,
+        clips=args.clips,
+        crop_seed=args.crop_seed,
     )
     print(f"-> {shown(os.path.join(out, 'table.md'))} ({time.time() - start:.0f} s)")
     return 0

@@ -7,8 +7,11 @@ class), and an optional `unknown` column lists, `;`-separated, the classes nobod
 that clip (partial labels, as in OpenMIC-2018): they count in neither the probe's loss nor its
 metrics. The multi-label builders of `matpac_jax.datasets` write this form. Audio paths are
 relative to `--audio_root`, else to the CSV's folder, else to its parent (the demo corpus's
-`DIR/tasks/*.csv` layout). Every clip is loaded at 16 kHz and cut to its first S seconds or
-zero-padded at the end; embeddings are cached under a hash of the encoder, the audio files and S.
+`DIR/tasks/*.csv` layout). Every clip is loaded at 16 kHz and cut to S seconds or zero-padded
+at the end: from its start, or (`random_crop`, EVAR's protocol) the train and valid clips of a
+split task at an offset drawn once per clip from `crop_seed` and the file's name, test clips
+from their start. Embeddings are cached under a hash of the encoder, the audio files, S and
+the crop.
 Input mistakes raise `cli.UserError` (one line at the command line).
 """
 
@@ -19,6 +22,7 @@ import csv
 import dataclasses
 import hashlib
 import os
+import zlib
 
 import numpy as np
 
@@ -101,6 +105,13 @@ class Task:
         valid = np.flatnonzero(g == "valid")
         train, test = np.flatnonzero(g == "train"), np.flatnonzero(g == "test")
         return [probe_lib.Partition(train, valid if len(valid) else None, test)]
+
+    def crop_rows(self) -> set[int]:
+        """The rows a random crop applies to (EVAR's): the train and valid clips of a split
+        task; none of a k-fold task's, whose every clip is a test clip in one fold."""
+        if self.kfold:
+            return set()
+        return {r for r, g in enumerate(self.groups) if g in ("train", "valid")}
 
     def partition_names(self) -> list[str]:
         """`fold K` per partition of a k-fold task; one empty name for a split task."""
@@ -235,46 +246,73 @@ def median_seconds(paths: list[str]) -> float:
 # Embeddings.
 
 
-def fix_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
-    """Keeps the first `num_samples` samples, zero-padding at the end if the clip is shorter."""
+def fix_length(wave: np.ndarray, num_samples: int, offset: int = 0) -> np.ndarray:
+    """`num_samples` samples from `offset` on, zero-padded at the end if the clip is shorter."""
     out = np.zeros(num_samples, np.float32)
-    n = min(len(wave), num_samples)
-    out[:n] = wave[:n]
+    part = wave[offset : offset + num_samples]
+    out[: len(part)] = part
     return out
 
 
-def _load_clip(path: str, num_samples: int | None) -> np.ndarray | audio.AudioError:
+def crop_offset(path: str, length: int, num_samples: int, crop_seed: int | None) -> int:
+    """Where a clip of `length` samples is cut to `num_samples`: from its start (a short clip,
+    or `crop_seed` None), or at EVAR's uniform offset in [0, length - num_samples), drawn once
+    for this clip from `crop_seed` and its file name (the same at every run)."""
+    if crop_seed is None or length <= num_samples:
+        return 0
+    name = zlib.crc32(os.path.basename(path).encode())
+    return int(np.random.default_rng([crop_seed, name]).integers(0, length - num_samples))
+
+
+def _load_clip(
+    path: str, num_samples: int | None, crop_seed: int | None = None
+) -> np.ndarray | audio.AudioError:
     """The clip at 16 kHz, cut or padded to `num_samples` (None: whole), or why it failed."""
     try:
         wave = audio.load_audio(path, SAMPLE_RATE)
     except audio.AudioError as e:
         return e
-    return wave if num_samples is None else fix_length(wave, num_samples)
+    if num_samples is None:
+        return wave
+    return fix_length(wave, num_samples, crop_offset(path, len(wave), num_samples, crop_seed))
 
 
 def embed_clips(
-    featurizer, paths: list[str], num_samples: int | None, desc: str = "", skip_bad: bool = False
+    featurizer,
+    paths: list[str],
+    num_samples: int | None,
+    desc: str = "",
+    skip_bad: bool = False,
+    random_rows: set[int] | None = None,
+    crop_seed: int = 0,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """(n_ok, D) float32 embeddings of the clips, loading overlapped with embedding.
 
     Each clip is cut or zero-padded to `num_samples`, or kept whole (None: the encoder chunks
-    it). A clip that does not decode raises `cli.UserError`, or with `skip_bad` is left out:
-    the second value maps its row index to the reason (an `AudioError`'s), and the rows of the
-    embeddings are the other clips, in order.
+    it); the rows in `random_rows` are cut at their random offset (`crop_offset`, `crop_seed`),
+    the others from their start. A clip that does not decode raises `cli.UserError`, or with
+    `skip_bad` is left out: the second value maps its row index to the reason (an
+    `AudioError`'s), and the rows of the embeddings are the other clips, in order.
     """
-    chunks = [paths[i : i + EMBED_CHUNK] for i in range(0, len(paths), EMBED_CHUNK)]
+    random_rows = random_rows or set()
+    chunks = [range(i, min(i + EMBED_CHUNK, len(paths))) for i in range(0, len(paths), EMBED_CHUNK)]
     out, failed = [], {}
     bar = cli.progress(len(paths), desc=desc, unit="clip")
+
+    def load(rows, pool):
+        seeds = [crop_seed if r in random_rows else None for r in rows]
+        return [pool.submit(_load_clip, paths[r], num_samples, s) for r, s in zip(rows, seeds)]
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[0]]
+        pending = load(chunks[0], pool)
         for i in range(len(chunks)):
             loaded = [f.result() for f in pending]
             if i + 1 < len(chunks):
-                pending = [pool.submit(_load_clip, p, num_samples) for p in chunks[i + 1]]
+                pending = load(chunks[i + 1], pool)
             waves = []
             for j, wave in enumerate(loaded):
                 if isinstance(wave, audio.AudioError):
-                    path = chunks[i][j]
+                    path = paths[chunks[i][j]]
                     if not skip_bad:
                         raise cli.UserError(
                             f"cannot load {shown(path)}: {wave}; fix or drop it from the CSV"
@@ -325,29 +363,51 @@ def encoder_fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
-def cache_file(task: Task, spec: str, clip_seconds: float | None, cache_dir: str) -> str:
-    """Where the embeddings of `task` by `spec` at `clip_seconds` (None: whole clips) are cached."""
+def cache_file(
+    task: Task,
+    spec: str,
+    clip_seconds: float | None,
+    cache_dir: str,
+    crop_seed: int | None = None,
+) -> str:
+    """Where the embeddings of `task` by `spec` at `clip_seconds` (None: whole clips) are cached;
+    `crop_seed` (not None): its train and valid clips cut at random offsets (`crop_offset`)."""
+    random = clip_seconds is not None and crop_seed is not None and bool(task.crop_rows())
     length = "whole" if clip_seconds is None else f"{clip_seconds:g}s"
+    length += f"-crop{crop_seed}" if random else ""
     num_samples = None if clip_seconds is None else round(clip_seconds * SAMPLE_RATE)
     key = f"{_CACHE_VERSION}|{encoder_fingerprint(spec)}|{num_samples}|{SAMPLE_RATE}|"
+    key += f"crop{crop_seed}|" if random else ""
     h = hashlib.sha256((key + "".join(f"{p}:{_stamp(p)};" for p in task.paths)).encode())
     # Named by content only, so tasks over the same clips (the demo's timbre and pitch) share it.
     return os.path.join(cache_dir, f"emb-{length}-{h.hexdigest()[:16]}.npz")
 
 
 def cached_embeddings(
-    task: Task, path: str, clip_seconds: float | None, featurizer, skip_bad: bool = False
+    task: Task,
+    path: str,
+    clip_seconds: float | None,
+    featurizer,
+    skip_bad: bool = False,
+    crop_seed: int | None = None,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """(embeddings, {row: why it did not decode}) of `task`'s clips at `clip_seconds` (None:
-    whole), read from `path`, or computed (`embed_clips`) and written there. Without `skip_bad`
-    a clip that does not decode is an error and the dict is empty."""
+    whole; `crop_seed`: random train/valid crops, as `cache_file`), read from `path`, or
+    computed (`embed_clips`) and written there. Without `skip_bad` a clip that does not decode
+    is an error and the dict is empty."""
     if os.path.exists(path):
         with np.load(path) as z:
             failed = zip(z["failed_rows"].tolist(), z["failed_why"].tolist())
             return z["embeddings"], dict(failed)
     num_samples = None if clip_seconds is None else round(clip_seconds * SAMPLE_RATE)
     emb, failed = embed_clips(
-        featurizer, task.paths, num_samples, desc=f"embed {task.name}", skip_bad=skip_bad
+        featurizer,
+        task.paths,
+        num_samples,
+        desc=f"embed {task.name}",
+        skip_bad=skip_bad,
+        random_rows=task.crop_rows() if crop_seed is not None else None,
+        crop_seed=crop_seed or 0,
     )
     rows = sorted(failed)
     cli.make_dir(os.path.dirname(path))
