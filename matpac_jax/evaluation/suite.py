@@ -324,7 +324,7 @@ def render_table(t: dict) -> str:
         )
     if extra:
         lines += [""] + extra
-    lines += ["", "![the table as bars](table.png)"]
+    lines += ["", "![every row with its 95% interval, per task](table.png)"]
     return "\n".join(lines) + "\n"
 
 
