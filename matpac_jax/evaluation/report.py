@@ -245,8 +245,8 @@ def render_grid(entries: list[dict], learning_rates) -> list[str]:
         "",
         (
             "Validation score in % per learning rate (mean over runs of its best epoch); ×k: "
-            "chosen by k runs (the best validation score; ties: the lower validation loss). Test "
-            "scores are the chosen ones'."
+            "chosen for k runs (per task and fold, the best of these means; ties: the lower mean "
+            "validation loss). Test scores are the chosen ones'."
         ),
         "",
         "| task | " + " | ".join(map(lr_text, learning_rates)) + " |",
