@@ -303,13 +303,19 @@ def test_what_stays_local_refuses_a_bucket_in_one_line(gcs, tmp_path, module, ar
     assert sorted(os.listdir(tmp_path)) == ["t.csv"]  # no local gs: folder, no output
 
 
-def test_an_encoder_on_a_bucket_is_fingerprinted_by_its_objects(gcs):
-    """The probe's embedding cache is keyed by the encoder's files: on a bucket, by the
-    objects' sizes and generations (a rewrite of the same size changes it); what a running
-    trainer rewrites (metrics, TensorBoard, the lock) does not."""
+@pytest.mark.parametrize("where", ["bucket", "local"])
+def test_an_encoder_is_fingerprinted_by_its_files(gcs, tmp_path, where):
+    """The probe's embedding cache is keyed by the encoder's files: their sizes and versions
+    (a bucket object's generation, a local file's time), so a rewrite of the same size changes
+    it; what a running trainer rewrites (metrics, TensorBoard, the lock, an unfinished save)
+    does not. One rule for both (tasks._fingerprinted)."""
     from matpac_jax.evaluation import tasks  # pylint: disable=g-import-not-at-top
 
-    run = gcs.url("fingerprinted")
+    run = gcs.url("fingerprinted") if where == "bucket" else str(tmp_path / "run")
+    storage.makedirs(storage.join(run, "export"))
+    storage.makedirs(storage.join(run, "checkpoints", "4"))
+    storage.makedirs(storage.join(run, "checkpoints", "6.orbax-checkpoint-tmp"))
+    storage.makedirs(storage.join(run, "tensorboard"))
     storage.write_text(storage.join(run, "export", "config.json"), "{}")
     storage.write_bytes(storage.join(run, "checkpoints", "4", "state"), b"a" * 10)
     first = tasks.encoder_fingerprint(run)
@@ -317,6 +323,8 @@ def test_an_encoder_on_a_bucket_is_fingerprinted_by_its_objects(gcs):
     storage.write_text(storage.join(run, "metrics.jsonl"), '{"step": 1}\n')
     storage.write_text(storage.join(run, dirlock.LOCK_NAME), "{}")
     storage.write_bytes(storage.join(run, "tensorboard", "events.out.tfevents.1"), b"e")
+    storage.write_bytes(storage.join(run, "checkpoints", "6.orbax-checkpoint-tmp", "x"), b"t")
     assert tasks.encoder_fingerprint(run) == first
+    time.sleep(0.05)  # a local file's time has ns resolution, but a coarse file system's may not
     storage.write_bytes(storage.join(run, "checkpoints", "4", "state"), b"b" * 10)
     assert tasks.encoder_fingerprint(run) != first

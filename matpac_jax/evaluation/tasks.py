@@ -340,26 +340,30 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def _fingerprinted(rel: str) -> bool:
+    """Whether a file under an encoder path counts in its fingerprint: not a log, a lock or an
+    unfinished save (what a running trainer rewrites while the encoder stays the same)."""
+    *folders, name = rel.split("/")
+    if any(f in _VOLATILE or ".orbax-checkpoint-tmp" in f for f in folders):
+        return False
+    return name not in _VOLATILE and not name.startswith(".lock")
+
+
 def encoder_fingerprint(spec: str) -> str:
     """The spec, plus names, sizes and times of the files under it when it is a path (or the
     objects' sizes and versions under a URL)."""
     if storage.is_url(spec):
-        h = hashlib.sha256(spec.rstrip("/").encode())
-        for rel, stamp in storage.url_stamps(spec):
-            parts = rel.split("/")
-            if set(_VOLATILE) & set(parts) or any(".orbax-checkpoint-tmp" in q for q in parts):
-                continue
-            if not parts[-1].startswith(".lock"):
-                h.update(f"{rel}:{stamp};".encode())
-        return h.hexdigest()
-    if not os.path.exists(spec):
+        base = spec.rstrip("/")
+        stamps = [(rel, stamp) for rel, stamp in storage.url_stamps(spec) if _fingerprinted(rel)]
+    elif os.path.exists(spec):
+        base = os.path.abspath(spec)
+        rels = [rel for rel in storage.files_under(spec) if _fingerprinted(rel)]
+        stamps = [(rel, _stamp(os.path.join(spec, rel))) for rel in rels]
+    else:
         return spec
-    h = hashlib.sha256(os.path.abspath(spec).encode())
-    for root, dirs, files in os.walk(spec):
-        dirs[:] = sorted(d for d in dirs if d not in _VOLATILE and ".orbax-checkpoint-tmp" not in d)
-        for name in sorted(n for n in files if n not in _VOLATILE and not n.startswith(".lock")):
-            path = os.path.join(root, name)
-            h.update(f"{os.path.relpath(path, spec)}:{_stamp(path)};".encode())
+    h = hashlib.sha256(base.encode())
+    for rel, stamp in stamps:
+        h.update(f"{rel}:{stamp};".encode())
     return h.hexdigest()
 
 
