@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 from conftest import subprocess_env
 
+from matpac_jax.evaluation import paired
 from matpac_jax.evaluation import probe
 from matpac_jax.evaluation import protocol as probe_lib
 from matpac_jax.evaluation import report as probe_report
@@ -86,6 +87,16 @@ def test_run_end_to_end_and_cache(tmp_path, capsys):
     assert (
         entry["confusion_png"] == "confusion_tones.png" and (out / "confusion_tones.png").exists()
     )
+    # Every seed's test logits, stored for a paired comparison: the test rows of the CSV
+    # (rows 33-41), and scored as stored they give the report's scores.
+    pred = paired.load_predictions(str(out), entry)
+    assert entry["predictions"] == "predictions_tones.npz"
+    np.testing.assert_array_equal(pred.rows, np.arange(33, 42))
+    assert pred.logits.shape == (3, 9, 3) and pred.known is None
+    np.testing.assert_array_equal(
+        pred.labels, [("high", "low", "mid").index(x) for x in ("low", "mid", "high") * 3]
+    )
+    assert [probe_lib.accuracy(pred.labels, s) for s in pred.logits] == entry["scores"]
 
     # Same encoder, task and clip length: the embeddings come from the cache.
     again = probe.run(
@@ -273,6 +284,27 @@ def test_cli_with_relative_paths_from_another_directory(tmp_path):
     assert code == 0, err
     assert out == (tmp_path / "runs/table.md").read_text()
     assert out.splitlines()[0] == "| task | logmel | random:mu |"
+
+    # The two encoders side by side: the difference with its paired interval (9 test clips).
+    code, out, err = _cli(tmp_path, "compare", "runs/logmel", "runs/mu", "--names", "L", "M")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "| task | L | M | difference | test clips | seeds | verdict |"
+    mu = json.loads((tmp_path / "runs/mu/report.json").read_text())["tasks"][0]
+    row = lines[2].split(" | ")
+    assert row[0] == "| tones (accuracy)" and row[1] == probe_report.cell(entry)
+    assert row[3].startswith(f"{100 * (entry['mean'] - mu['mean']):+.1f} ± ")
+    assert row[4].endswith(" (9)") and row[5] == f"± {100 * entry['ci95']:.1f}"
+    assert "paired bootstrap draws" in out and "–: no test predictions" not in out
+    # Another task's test clips are refused in one line.
+    other = tmp_path / "runs/other"
+    other.mkdir()
+    shifted = dict(np.load(tmp_path / "runs/mu/predictions_tones.npz"))
+    shifted["rows"] = shifted["rows"] + 1
+    np.savez(other / "predictions_tones.npz", **shifted)
+    (other / "report.json").write_text((tmp_path / "runs/mu/report.json").read_text())
+    code, out, err = _cli(tmp_path, "compare", "runs/logmel", "runs/other")
+    assert code == 2 and "did not score the same test clips" in err and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")

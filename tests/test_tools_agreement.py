@@ -4,6 +4,9 @@ against the probe table's three rows, on a hand-made run and reports."""
 import json
 import os
 
+import numpy as np
+
+from matpac_jax.evaluation import paired
 from matpac_jax.tools import agreement
 
 
@@ -54,8 +57,61 @@ def test_rankings_verdicts_and_the_pretrained_vs_init_line(tmp_path, capsys):
         "agreement (knn, step 1000): the curves and the table rank the encoders alike on 0 of 1 tasks"
         in out
     )
-    # pitch: 0.80 - 0.02 = 0.78 against 0.76 + 0.03 = 0.79: inside; event: 0.76 > 0.68: outside.
-    assert out[-1].endswith("pitch +4.0 (inside), event +13.0 (outside)")
+    # No stored predictions: the difference's interval is the seeds' alone, sqrt(2² + 3²) = 3.6.
+    assert out[-1] == (
+        "pretrained vs initial weights in the table (points, ± the 95% interval of the "
+        "difference: the classifier seeds alone on pitch, event: a report holds no test "
+        "predictions (probe again to store them)): pitch +4.0 ± 3.6 (pretrained better), "
+        "event +13.0 ± 3.6 (pretrained better)"
+    )
+
+
+def _with_predictions(folder, task, correct, ci):
+    """A report of one two-class task whose every seed is right exactly where `correct` says."""
+    n = len(correct)
+    labels = np.arange(n) % 2
+    logits = np.eye(2, dtype=np.float32)[np.where(correct, labels, 1 - labels)][None]
+    os.makedirs(folder)
+    np.savez(folder / f"predictions_{task}.npz", rows=np.arange(n),
+             paths=np.array([f"{i}.wav" for i in range(n)]), fold=np.zeros(n, np.int32),
+             labels=labels, logits=np.repeat(logits, 3, axis=0))  # fmt: skip
+    entry = {"task": task, "mean": float(np.mean(correct)), "ci95": ci}
+    entry["predictions"] = f"predictions_{task}.npz"
+    with open(folder / "report.json", "w") as f:
+        json.dump({"encoder": str(folder), "tasks": [entry]}, f)
+    return str(folder)
+
+
+def test_the_verdict_is_paired_over_the_test_clips(tmp_path, capsys):
+    # 300 test clips. The pretrained encoder is right on the twin's clips and 9 more (+3 points,
+    # decided: the difference is 9 clips), and on 8 more clips than log-mel, which errs on other
+    # clips: the old "intervals do not overlap" would call both differences, the paired
+    # bootstrap only the first.
+    twin = np.arange(300) < 240
+    pre = np.arange(300) < 249
+    _run(str(tmp_path / "run"), {"eval/pitch/linear_acc": 0.8}, {"eval/pitch/linear_acc": 0.7},
+         {"eval/pitch/linear_acc": 0.6})  # fmt: skip
+    reports = [
+        _with_predictions(tmp_path / "pre", "pitch", pre, 0.005),
+        _with_predictions(tmp_path / "init", "pitch", twin, 0.005),
+        _with_predictions(tmp_path / "logmel", "pitch", np.random.default_rng(0).permutation(
+            np.arange(300) < 241), 0.005),
+    ]  # fmt: skip
+    assert agreement.main([str(tmp_path / "run"), "--reports", *reports]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(
+        "pretrained vs initial weights in the table (points, ± the 95% interval of the "
+        "difference: a paired bootstrap over the test clips (1,000 draws, the same clips for "
+        "both encoders) combined with both reports' seed intervals): pitch +3.0 ± "
+    )
+    assert last.endswith(" (pretrained better)")
+    # The log-mel report against the pretrained one, as `probe compare` sets them: undecided.
+    entries = [json.loads((tmp_path / r / "report.json").read_text())["tasks"][0] for r in reports]
+    c = paired.compare(
+        entries[0], paired.load_predictions(reports[0], entries[0]),
+        entries[2], paired.load_predictions(reports[2], entries[2]),
+    )  # fmt: skip
+    assert abs(c["difference"] - 8 / 300) < 1e-12 and paired.verdict(c) == "undecided"
 
 
 def test_ranking_ties_keep_the_roles_order():

@@ -6,6 +6,7 @@ Usage::
         [--protocol grid|evar | --lr LR] [--clip_seconds S] [--seeds 3] [--audio_root DIR]
         [--cache DIR] [--multilabel]
     python -m matpac_jax.evaluation.probe table OUT1 OUT2 ... [--names A B ...] [--out FILE]
+    python -m matpac_jax.evaluation.probe compare OUT_A OUT_B [--names A B] [--resamples N]
 
 SPEC is what `matpac_jax.inference.encoder.load_encoder` takes: an export folder, a training workdir,
 `random[:VARIANT]` or `logmel`. Task CSVs, clips and the embedding cache: `probe_data`.
@@ -14,7 +15,10 @@ The classifier protocol is `probe_lib.evaluate` (see `docs/probe.md`): `--protoc
 default) trains the learning rates of `probe_lib.LR_GRID` together and keeps, per seed and fold,
 the one with the best validation score; `--protocol evar` trains at the papers' fixed 3e-5 (to
 reproduce published tables); `--lr LR` trains at LR alone. Writes `OUT/report.json`,
-`OUT/report.md` (`probe_report`) and, for single-label tasks, `OUT/confusion_TASK.png`. Data that
+`OUT/report.md` (`probe_report`), every run's test logits (`OUT/predictions_TASK.npz`) and, for
+single-label tasks, `OUT/confusion_TASK.png`. `compare` sets two encoders' reports side by side,
+task by task: the difference, its 95% interval over the test clips (a paired bootstrap) and the
+classifier seeds (`paired`), and which is better where the interval excludes 0. Data that
 make a score misleading (a class with fewer than two training clips, a tested class never
 trained on, a classifier still improving at the epoch cap) are warned about on stderr and listed
 under `warnings` in the report.
@@ -30,6 +34,7 @@ import time
 import numpy as np
 
 from matpac_jax import cli
+from matpac_jax.evaluation import paired
 from matpac_jax.evaluation import report as probe_report
 from matpac_jax.evaluation import tasks as probe_data
 from matpac_jax.evaluation.tasks import shown
@@ -155,18 +160,25 @@ def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict
     from matpac_jax.evaluation import protocol as probe_lib  # pylint: disable=g-import-not-at-top (jax: see the note above PROG)
 
     start = time.time()
+    partitions = task.partitions()
     try:
         result = probe_lib.evaluate(
             emb,
             task.targets(),
-            task.partitions(),
+            partitions,
             num_classes=len(task.classes),
             seeds=tuple(range(seeds)),
             cfg=cfg,
             known=task.known(),
+            keep_logits=True,
         )
     except probe_lib.DataError as e:
         raise cli.UserError(f"{task.name}: {e}") from e
+    # Every run's test logits, for a paired comparison with another encoder (`paired`).
+    tests = [p.test for p in partitions]
+    predictions = paired.write_predictions(
+        out, task.name, task.paths, tests, task.targets(), task.known(), result.pop("test_logits")
+    )
     capped = probe_report.cap_warnings(result, list(range(seeds)), task.partition_names(), cfg)
     for w in capped:
         warn(task.name, w)
@@ -184,6 +196,7 @@ def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict
         **result,
         "probe_seconds": round(time.time() - start, 2),
         "warnings": warnings + capped,
+        "predictions": predictions,
     }
     if not task.multilabel:
         entry["confusion_png"] = f"confusion_{task.name}.png"
@@ -204,7 +217,9 @@ def probe_task(task, emb, spec, clip_seconds, seeds, cfg, out, warnings) -> dict
 
 def _parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(
-        PROG, __doc__, epilog=f"Compare reports: {PROG} table OUT1 OUT2 ... (see table --help)"
+        PROG,
+        __doc__,
+        epilog=f"Compare reports: {PROG} table OUT1 OUT2 ...; {PROG} compare OUT_A OUT_B (--help)",
     )
     p.add_argument("--encoder", required=True, help="export dir, workdir, random[:VARIANT], logmel")
     p.add_argument("--task_csv", required=True, action="append", help="repeat for several tasks")
@@ -279,9 +294,64 @@ def _table_main(argv: list[str]) -> int:
     return 0
 
 
+def _compare_main(argv: list[str]) -> int:
+    p = cli.ArgumentParser(
+        f"{PROG} compare",
+        "Two encoders' probe reports, task by task: the difference of their scores with its 95% "
+        "interval (a paired bootstrap over the shared test clips, combined with both reports' "
+        "seed intervals) and which is better where that interval excludes 0.",
+    )
+    p.add_argument("reports", nargs=2, metavar=("OUT_A", "OUT_B"), help="folders or report.json")
+    p.add_argument("--names", nargs=2, metavar=("A", "B"), help="default: the encoder specs")
+    p.add_argument("--resamples", type=int, default=paired.RESAMPLES, help="bootstrap draws")
+    args = p.parse_args(argv)
+    if args.resamples < 2:
+        raise cli.UserError(f"--resamples {args.resamples}: must be at least 2")
+    reports = [probe_report.load_report(r) for r in args.reports]
+    names = args.names or [r["encoder"] for r in reports]
+    by_task = [{e["task"]: e for e in r["tasks"]} for r in reports]
+    shared = [t for t in by_task[0] if t in by_task[1]]
+    if not shared:
+        raise cli.UserError(f"{args.reports[0]} and {args.reports[1]} share no task")
+    lines = [
+        f"| task | {names[0]} | {names[1]} | difference | test clips | seeds | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    unpaired = False
+    for task in shared:
+        a, b = by_task[0][task], by_task[1][task]
+        pred = [paired.load_predictions(r, e) for r, e in zip(args.reports, (a, b))]
+        try:
+            c = paired.compare(a, pred[0], b, pred[1], resamples=args.resamples)
+        except ValueError as e:
+            raise cli.UserError(str(e)) from e
+        unpaired |= c["clips"] is None
+        clips = "–" if c["clips"] is None else f"± {100 * c['clips']:.1f} ({c['n_test']:,})"
+        lines.append(
+            f"| {task} ({a['metric']}) | {probe_report.cell(a)} | {probe_report.cell(b)} | "
+            f"{100 * c['difference']:+.1f} ± {100 * c['half']:.1f} | {clips} | "
+            f"± {100 * c['seeds']:.1f} | {paired.verdict(c, names[0], names[1])} |"
+        )
+    lines += [
+        "",
+        f"Points; difference: {names[0]} - {names[1]} ± its 95% half-width, sqrt(test clips² + seeds²): the test "
+        f"clips' part from {args.resamples:,} paired bootstrap draws (the same clips for both "
+        "encoders), the seeds' part from both reports' intervals over classifier seeds."
+        + ("" if not unpaired else " –: no test predictions stored in a report (written "
+           "before they were): that row's interval covers the seeds alone; probe again to add "
+           "them."),
+    ]  # fmt: skip
+    print("\n".join(lines))
+    return 0
+
+
 def _main(argv) -> int:
     argv = list(argv)
-    return _table_main(argv[1:]) if argv[:1] == ["table"] else _probe_main(argv)
+    if argv[:1] == ["table"]:
+        return _table_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return _compare_main(argv[1:])
+    return _probe_main(argv)
 
 
 def main(argv=None) -> int:

@@ -203,7 +203,10 @@ def render_report(report: dict) -> str:
             f"Protocol `{protocol.get('name', '?')}` (docs/probe.md). Scores in %: mean ± 95% CI "
             "over seeds (k-fold: a seed's score is its mean over folds). The interval covers the "
             "classifier's seeds on fixed embeddings, the learning rate chosen once for all of "
-            "them; not which clips are in the test split, which often moves a score more."
+            "them; not which clips are in the test split, which often moves a score more. "
+            f"`{COMMAND} compare` sets this report beside another encoder's with an interval "
+            "on the difference that covers both, from the test logits stored here "
+            "(predictions_TASK.npz)."
         ),
         "",
         "| task | metric | score | lr | train / valid / test | clip (s) | dim | epochs (best) |",

@@ -15,7 +15,14 @@ whether they agree, then one verdict line:
   agreement (linear, step 1500): the curves and the table rank the encoders alike on 3 of 3 tasks
 
 and one line on the decision that matters most, the pretrained encoder against its initial
-weights, with whether the table's difference lies outside both 95% intervals.
+weights: per task the table's difference with its 95% interval and the verdict, e.g.
+
+  timbre +11.7 ± 4.1 (pretrained better), pitch +2.8 ± 4.6 (undecided)
+
+The interval is `evaluation.paired.compare`'s: a paired bootstrap over the test clips both
+reports scored (the same draws for both encoders) combined with the two reports' intervals
+over classifier seeds; the line says what it covers (the seeds alone for reports written
+before the probe stored its test predictions).
 
 Exit status 0 (whatever the verdict), 2 for a usage error.
 """
@@ -27,6 +34,7 @@ import sys
 
 from matpac_jax import cli
 from matpac_jax.evaluation import evaluators
+from matpac_jax.evaluation import paired
 from matpac_jax.evaluation import report as probe_report
 from matpac_jax.train import metrics as metric_writer
 
@@ -61,22 +69,45 @@ def curve_scores(rows: list[dict], baselines: dict) -> dict[str, dict[str, dict]
     return out
 
 
-def table_scores(reports: list[dict]) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """{task: {role: (mean, 95% half-width)}} for the tasks in all three reports."""
-    by_role = [{e["task"]: (e["mean"], e["ci95"]) for e in r["tasks"]} for r in reports]
+def table_entries(reports: list[dict]) -> dict[str, dict[str, dict]]:
+    """{task: {role: report entry}} for the tasks in all three reports."""
+    by_role = [{e["task"]: e for e in r["tasks"]} for r in reports]
     tasks = [t for t in by_role[0] if all(t in b for b in by_role)]
     return {t: {role: b[t] for role, b in zip(ROLES, by_role)} for t in tasks}
 
 
-def _outside(a: tuple[float, float | None], b: tuple[float, float | None]) -> bool:
-    """Whether two (mean, half-width) intervals do not overlap (no interval: never)."""
-    if a[1] is None or b[1] is None:
-        return False
-    return a[0] - a[1] > b[0] + b[1] or b[0] - b[1] > a[0] + a[1]
+def decisions(table: dict, pretrained: str, init: str) -> list[str]:
+    """The pretrained-vs-initial-weights line (module docstring); `pretrained`, `init`: the
+    two reports' paths, for their predictions."""
+    decided, with_clips, seeds_only = [], None, []
+    for task, roles in table.items():
+        pre, ini = roles["pretrained"], roles["init"]
+        c = paired.compare(
+            pre, paired.load_predictions(pretrained, pre), ini, paired.load_predictions(init, ini)
+        )
+        if c["clips"] is None:
+            seeds_only.append(task)
+        else:
+            with_clips = with_clips or c
+        verdict = paired.verdict(c, "pretrained", "initial weights")
+        decided.append(f"{task} {100 * c['difference']:+.1f} ± {100 * c['half']:.1f} ({verdict})")
+    if not decided:
+        return []
+    what = [paired.covers(with_clips)] if with_clips else []
+    if seeds_only:
+        what.append(
+            f"the classifier seeds alone on {', '.join(seeds_only)}: a report holds no test "
+            "predictions (probe again to store them)"
+        )
+    return [
+        "pretrained vs initial weights in the table (points, ± the 95% interval of the "
+        f"difference: {'; '.join(what)}): " + ", ".join(decided)
+    ]
 
 
-def agreement_lines(curves: dict, table: dict) -> list[str]:
-    """The per-task lines and the verdicts (module docstring)."""
+def agreement_lines(curves: dict, table: dict, paths: list[str]) -> list[str]:
+    """The per-task lines and the verdicts (module docstring); `table`: `table_entries`,
+    `paths`: the three reports' paths (their predictions), in ROLES order."""
     lines = []
     for protocol, tasks in sorted(curves.items()):
         shared = [t for t in tasks if t in table]
@@ -86,7 +117,7 @@ def agreement_lines(curves: dict, table: dict) -> list[str]:
         agree = []
         for task in shared:
             c = ranking(tasks[task]["scores"])
-            t = ranking({role: mean for role, (mean, _) in table[task].items()})
+            t = ranking({role: e["mean"] for role, e in table[task].items()})
             agree.append(c == t)
             lines.append(
                 f"  {task}: curves {' > '.join(c)}; table {' > '.join(t)}"
@@ -96,17 +127,7 @@ def agreement_lines(curves: dict, table: dict) -> list[str]:
             f"agreement ({protocol}, step {step}): the curves and the table rank the encoders "
             f"alike on {sum(agree)} of {len(shared)} tasks"
         )
-    decided = []
-    for task, roles in table.items():
-        pre, init = roles["pretrained"][0], roles["init"][0]
-        where = "outside" if _outside(roles["pretrained"], roles["init"]) else "inside"
-        decided.append(f"{task} {100 * (pre - init):+.1f} ({where})")
-    if decided:
-        lines.append(
-            "pretrained vs initial weights in the table (points; the difference lies outside or "
-            "inside the two 95% intervals): " + ", ".join(decided)
-        )
-    return lines
+    return lines + decisions(table, paths[0], paths[1])
 
 
 def agreement(workdir: str, report_paths: list[str]) -> list[str]:
@@ -125,7 +146,10 @@ def agreement(workdir: str, report_paths: list[str]) -> list[str]:
             f"workdir {workdir}: no evaluation with baselines (run it with --config.evals, "
             f"which writes {evaluators.BASELINES})"
         )
-    return agreement_lines(curves, table_scores(reports))
+    try:
+        return agreement_lines(curves, table_entries(reports), report_paths)
+    except ValueError as e:  # the reports scored different test clips
+        raise cli.UserError(str(e)) from e
 
 
 def _main(argv) -> int:

@@ -96,7 +96,9 @@ def shrink(argv: list[str]) -> list[str]:
     module, args = argv[at + 1], argv[at + 2 :]
     if module in ("matpac_jax.train", "matpac_jax.train.finetune"):
         args = args + list(TRAIN_TINY)
-    elif module in CAPS and not (module == "matpac_jax.evaluation.probe" and args[:1] == ["table"]):
+    elif module in CAPS and not (
+        module == "matpac_jax.evaluation.probe" and args[:1] in (["table"], ["compare"])
+    ):
         if "-h" not in args and "--help" not in args:
             for flag, tiny in CAPS[module].items():
                 args = _cap(args, flag, tiny)
