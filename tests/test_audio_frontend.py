@@ -9,6 +9,7 @@ in the DFT matmul of near-silent bins dominates).
 import numpy as np
 import pytest
 import soundfile as sf
+from numerics import assert_close
 
 from matpac_jax.audio import frontend as audio
 
@@ -150,3 +151,33 @@ def test_load_audio_errors(tmp_path):
         "nan.wav": "non_finite",
     }
     assert audio.header_frames(good) == 8000
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_device_front_end_matches_librosa(seed):
+    """The JAX front end (audio/device_frontend.py) against librosa's own melspectrogram, under
+    the suite's float32 rule, in the power domain the two compute: three accumulating stages
+    (the DFT product, the power sum, the mel product). The log of a near-silent bin turns the
+    same absolute rounding into a large relative one, so the log is compared through it."""
+    import librosa
+
+    from matpac_jax.audio import device_frontend
+
+    rng = np.random.default_rng(seed)
+    x = _random_signal(rng, 16000 * int(rng.integers(1, 4)) + int(rng.integers(0, 16000)))
+    want = librosa.feature.melspectrogram(
+        y=x, sr=16000, n_fft=400, hop_length=160, win_length=400, window="hann", center=False,
+        power=2.0, n_mels=80, fmin=50.0, fmax=8000.0, htk=False, norm="slaney",
+    )  # fmt: skip
+    got = device_frontend.log_mel(x)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert_close(np.exp(got.astype(np.float64)) - audio.LOG_OFFSET, want, depth=3)
+    # A clip padded to its bucket: the padding reaches no kept frame.
+    padded = device_frontend.bucket_samples(len(x))
+    assert padded % 16000 == 0 and 0 <= padded - len(x) < 16000
+    # A batch of equal-length clips: each row is its clip's log-mel.
+    batch = np.stack([x[:32000], _random_signal(rng, 32000)])
+    rows = np.asarray(device_frontend.log_mels(batch))
+    for row, clip in zip(rows, batch):
+        single = device_frontend.log_mel(clip).astype(np.float64)
+        assert_close(np.exp(row.astype(np.float64)), np.exp(single), depth=3)

@@ -107,6 +107,15 @@ def test_clip_embedding_does_not_depend_on_its_batch(encoder):
     assert_close(ts.clip, together, depth=DEPTH)
 
 
+def test_the_device_front_end_gives_the_host_s_embeddings(student, encoder):
+    # On a CPU the default is the host's front end; asked for, the device's gives the same
+    # embeddings (clips of several lengths and buckets), up to float32 rounding.
+    assert encoder._log_mel is audio.log_mel  # pylint: disable=protected-access
+    device = Encoder(CFG, _params(student), batch_size=4, device_front_end=True)
+    clips = [_noise(400 + 735 * 160, seed=2), _noise(400 + 127 * 160, seed=1), _noise(1.3)]
+    assert_close(device.embed(clips, 16_000), encoder.embed(clips, 16_000), depth=DEPTH + 3)
+
+
 def test_embed_log_mels_and_load_params(student, encoder):
     clips = [_noise(400 + 735 * 160, seed=2), _noise(400 + 100 * 160, seed=3)]  # 100: padded
     mels = [audio.normalize(audio.log_mel(c), MEAN, STD) for c in clips]

@@ -58,16 +58,23 @@ def resample(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray
 
 
 def normalized_log_mel(
-    wave: np.ndarray, sample_rate: int, fe: audio.FrontEnd, mean: float, std: float, index: int
+    wave: np.ndarray,
+    sample_rate: int,
+    fe: audio.FrontEnd,
+    mean: float,
+    std: float,
+    index: int,
+    log_mel=audio.log_mel,
 ) -> np.ndarray:
-    """A clip at any rate -> its normalised log-mel (F, T) at the front end's rate."""
+    """A clip at any rate -> its normalised log-mel (F, T) at the front end's rate; `log_mel`:
+    the host's (`audio.log_mel`) or the device's (`device_frontend.log_mel`)."""
     wave = resample(wave, sample_rate, fe.sample_rate)
     if fe.num_frames(wave.shape[0]) == 0:
         raise ValueError(
             f"clip {index} has {wave.shape[0]} samples at {fe.sample_rate} Hz, fewer than the "
             f"n_fft={fe.n_fft} one log-mel frame needs: pad it or leave it out"
         )
-    return audio.normalize(audio.log_mel(wave, fe), mean, std)
+    return audio.normalize(log_mel(wave, fe), mean, std)
 
 
 def restore_checkpoint_params(directory: epath.Path) -> dict:

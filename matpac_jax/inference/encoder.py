@@ -40,6 +40,7 @@ from etils import epath
 from flax import nnx
 
 from matpac_jax import cli, models
+from matpac_jax.audio import device_frontend
 from matpac_jax.audio import frontend as audio
 from matpac_jax.inference import classifier, export
 from matpac_jax.inference.clips import (  # the first three and resample: re-exported
@@ -143,6 +144,8 @@ class Encoder:
       dtype: compute dtype of the matmuls: float32 by default, whatever the run trained in (the
         reference embeds in float32); "bfloat16" is faster on accelerators; None keeps the
         training config's.
+      device_front_end: compute the log-mels on the default device (`audio.device_frontend`,
+        the same numbers) instead of the host; None: on an accelerator, not on a CPU.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class Encoder:
         batch_size: int = 32,
         dtype: str | None = "float32",
         head: Any = None,
+        device_front_end: bool | None = None,
     ):
         cfg = dataclasses.replace(models.model_config(model_config), remat=False)
         if dtype is not None:
@@ -172,6 +176,9 @@ class Encoder:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; it must be at least 1")
         self.batch_size = batch_size
+        if device_front_end is None:
+            device_front_end = jax.default_backend() != "cpu"
+        self._log_mel = device_frontend.log_mel if device_front_end else audio.log_mel
         self.sample_rate = self.front_end.sample_rate
         self.chunk_frames = cfg.max_frames  # 608: the pretraining crop
         self.step_frames = cfg.patch  # 16 frames = 160 ms per embedding step
@@ -338,7 +345,9 @@ class Encoder:
         bar = cli.progress(len(clips), desc="embed", unit="clip", enabled=progress)
         try:
             for i, wave in enumerate(clips):
-                mel = normalized_log_mel(wave, sample_rate, self.front_end, self.mean, self.std, i)
+                mel = normalized_log_mel(
+                    wave, sample_rate, self.front_end, self.mean, self.std, i, self._log_mel
+                )
                 pad = -mel.shape[1] % self.step_frames
                 window.append(np.pad(mel, ((0, 0), (0, pad))))  # zeros in the normalised domain
                 # A window at a time: a long list never holds all its log-mels at once.
