@@ -95,6 +95,25 @@ def test_filterbank_matches_own_slaney():
     )
 
 
+def test_the_stored_filterbank_is_librosas():
+    # The papers' parameters read the stored filterbank (no librosa import); librosa recomputes
+    # it here, and other parameters still go to librosa.
+    import librosa
+
+    want = librosa.filters.mel(
+        sr=16000, n_fft=400, n_mels=80, fmin=50.0, fmax=8000.0, htk=False, norm="slaney"
+    )
+    stored = audio.mel_filterbank(audio.FrontEnd())
+    assert stored.dtype == np.float32 and stored.shape == (80, 201)
+    assert_close(stored, want, depth=1)
+    other = audio.FrontEnd(n_mels=64, f_max=7_000.0)
+    assert_close(
+        audio.mel_filterbank(other),
+        librosa.filters.mel(sr=16000, n_fft=400, n_mels=64, fmin=50.0, fmax=7000.0, norm="slaney"),
+        depth=1,
+    )
+
+
 @pytest.mark.parametrize(
     "n,frames", [(0, 0), (399, 0), (400, 1), (559, 1), (560, 2), (16000, 98), (97_520, 608)]
 )

@@ -343,3 +343,46 @@ def test_every_launcher_runs_fine_tuning_when_asked():
     remote = shlex.split(_commands(tpu.stdout)[-1][-1].removeprefix("--command="))
     i = remote.index("matpac_jax.train.finetune")
     assert remote[i + 1 :][: 1 + len(args)] == ["--distributed=on", *args]
+
+
+def _wheel(folder, name="marker_pkg"):
+    """A minimal pure-Python wheel of one module, as pip builds them."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 42\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+    return path
+
+
+def test_accelerator_check_script_installs_carried_wheels_offline(tmp_path):
+    # From another folder, relative paths, the suite's python standing in for the device's:
+    # the wheels land in the site folder, and the check runs from the checkout (deadline 0: the
+    # parts are skipped, the report written).
+    _wheel(tmp_path / "wheels")
+    env = {
+        "PYTHON": sys.executable,
+        "MATPAC_WHEELS_SITE": str(tmp_path / "site"),
+        "JAX_PLATFORMS": "cpu",
+    }
+    script = os.path.join(ROOT, "launch", "accelerator_check.sh")
+    args = [script, "--wheels", "wheels", "--out", "accel", "--tiny", "--deadline_s", "0"]
+    out = subprocess.run(["bash", *args], cwd=tmp_path, env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "installing 1 wheels from wheels" in out.stdout
+    assert (tmp_path / "site" / "marker_pkg.py").read_text() == "VALUE = 42\n"
+    assert (tmp_path / "accel" / "report.json").exists()
+    for bad, why in ((["--wheels", "nowhere"], "no such folder"), (["--wheels", "."], "no .whl")):
+        out = subprocess.run(["bash", script, *bad, "--out", "x"], cwd=tmp_path,
+                             env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 2 and why in out.stderr and not (tmp_path / "x").exists()

@@ -111,19 +111,32 @@ def header_frames(path: str | os.PathLike) -> int | None:
     return data_size // block_align
 
 
-@functools.lru_cache(maxsize=8)
-def _projections(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray]:
-    """Windowed real-DFT matrix (n_fft, 2 * bins) and mel filterbank (bins, n_mels), float32."""
+# librosa's slaney filterbank for the papers' front end, stored (librosa 0.11,
+# `librosa.filters.mel(sr=16000, n_fft=400, n_mels=80, fmin=50, fmax=8000, htk=False,
+# norm="slaney")`, float32; tests/test_audio_frontend.py recomputes it): the default front end
+# then needs no librosa, whose numba and llvmlite (60 MB of wheels) a machine without network
+# would otherwise have to carry (launch/accelerator_check.sh).
+PAPER_MEL = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)),
+    "assets",
+    "mel_filterbank_sr16000_nfft400_mels80_50_8000hz.npy",
+)
+
+
+def mel_filterbank(fe: FrontEnd) -> np.ndarray:
+    """librosa's slaney mel filterbank (n_mels, bins), float32: the stored one for the papers'
+    parameters, else computed by librosa."""
+    if (fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max) == (
+        16_000,
+        400,
+        80,
+        50.0,
+        8_000.0,
+    ):
+        return np.load(PAPER_MEL)
     import librosa  # pylint: disable=g-import-not-at-top
 
-    if fe.win_length != fe.n_fft:
-        raise ValueError("win_length must equal n_fft (the papers' front end)")
-    bins = fe.n_fft // 2 + 1
-    n = np.arange(fe.n_fft)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / fe.n_fft)  # periodic Hann
-    phase = 2 * np.pi * np.outer(n, np.arange(bins)) / fe.n_fft  # (n_fft, bins)
-    dft = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window[:, None]
-    mel = librosa.filters.mel(
+    return librosa.filters.mel(
         sr=fe.sample_rate,
         n_fft=fe.n_fft,
         n_mels=fe.n_mels,
@@ -131,7 +144,20 @@ def _projections(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray]:
         fmax=fe.f_max,
         htk=False,
         norm="slaney",
-    )  # (n_mels, bins), slaney scale and area normalisation
+    )  # slaney scale and area normalisation
+
+
+@functools.lru_cache(maxsize=8)
+def _projections(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed real-DFT matrix (n_fft, 2 * bins) and mel filterbank (bins, n_mels), float32."""
+    if fe.win_length != fe.n_fft:
+        raise ValueError("win_length must equal n_fft (the papers' front end)")
+    bins = fe.n_fft // 2 + 1
+    n = np.arange(fe.n_fft)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / fe.n_fft)  # periodic Hann
+    phase = 2 * np.pi * np.outer(n, np.arange(bins)) / fe.n_fft  # (n_fft, bins)
+    dft = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window[:, None]
+    mel = mel_filterbank(fe)  # (n_mels, bins)
     return dft.astype(np.float32), np.ascontiguousarray(mel.T, dtype=np.float32)
 
 
