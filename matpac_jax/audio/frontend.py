@@ -121,18 +121,13 @@ PAPER_MEL = os.path.join(
     "assets",
     "mel_filterbank_sr16000_nfft400_mels80_50_8000hz.npy",
 )
+_PAPER_MEL_PARAMS = (16_000, 400, 80, 50.0, 8_000.0)  # sample rate, n_fft, n_mels, f_min, f_max
 
 
 def mel_filterbank(fe: FrontEnd) -> np.ndarray:
     """librosa's slaney mel filterbank (n_mels, bins), float32: the stored one for the papers'
     parameters, else computed by librosa."""
-    if (fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max) == (
-        16_000,
-        400,
-        80,
-        50.0,
-        8_000.0,
-    ):
+    if (fe.sample_rate, fe.n_fft, fe.n_mels, fe.f_min, fe.f_max) == _PAPER_MEL_PARAMS:
         return np.load(PAPER_MEL)
     import librosa  # pylint: disable=g-import-not-at-top
 
