@@ -138,6 +138,8 @@ def test_without_predictions_the_interval_is_the_seeds_and_other_clips_are_refus
     # clips; other rows, files or labels are not.
     moved = a._replace(paths=np.char.replace(a.paths, "/data/", "/copy/of/data/"))
     assert paired.compare(_entry(a, 0.02), a, _entry(a, 0.02), moved)["clips"] == 0.0
+    # One seed each, the same predictions: nothing to tell them apart.
+    assert paired.verdict(paired.compare(_entry(a, None), a, _entry(a, None), a)) == "same"
     for other in (
         a._replace(rows=a.rows[::-1]),
         a._replace(paths=np.char.replace(a.paths, ".wav", ".flac")),

@@ -138,7 +138,7 @@ def test_the_deadline_skips_what_would_end_past_it(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_report_is_written_as_the_run_goes(tmp_path, monkeypatch):
-    # The embedding part fails (recorded; the run goes on), then the attention part is cut off
+    # The agreement part fails (recorded; the run goes on), then the embedding part is cut off
     # by something the check does not catch: what ran before is on disk.
     def broken(*args):
         raise ValueError("no such kernel")
@@ -146,19 +146,18 @@ def test_the_report_is_written_as_the_run_goes(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(check, "embed_row", broken)
-    monkeypatch.setattr(check, "attention_part", killed)
+    monkeypatch.setattr(check, "bf16_agreement", broken)
+    monkeypatch.setattr(check, "embed_row", killed)
     with pytest.raises(KeyboardInterrupt):
         check.run(str(tmp_path / "out"), tiny=True, batch_sizes=[2], dtype="bfloat16", steps=2)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["flops"]["gflop_per_example"] > 0
     (row,) = saved["step"]["rows"]
     assert row["step_ms"] > 0 and row["tflops_per_device"] > 0 and row["memory_analysis_gib"]
-    assert saved["agreement"]["float32_matmul_precision"] == "highest"
-    assert saved["embed"] == {"error": "ValueError: no such kernel"}
-    assert "attention" not in saved
+    assert saved["agreement"] == {"error": "ValueError: no such kernel"}
+    assert "embed" not in saved and "attention" not in saved
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "failed: ValueError: no such kernel" in md and "## Attention\n\n(not reached)" in md
+    assert "failed: ValueError: no such kernel" in md and "## Embedding\n\n(not reached)" in md
 
 
 def test_a_cpu_backend_is_refused_for_the_default_run(tmp_path):
@@ -221,6 +220,7 @@ def test_tiny_check_from_another_folder(tmp_path):
     )
     agree = report["agreement"]
     assert agree["finite"] and 0 < agree["loss"]["rel_diff"] < 0.02
+    assert agree["float32_matmul_precision"] == "highest"
     assert agree["grad_norm"]["rel_diff"] < 0.05
     md = (tmp_path / "accel" / "report.md").read_text()
     assert "| 2 (2) |" in md and "## bf16 against float32" in md and "MFU not given" in md

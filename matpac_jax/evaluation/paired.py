@@ -255,10 +255,13 @@ def compare(
 
 
 def verdict(c: dict, better: str = "A", worse: str = "B") -> str:
-    """`A better`, `B better` or `undecided` (the interval holds 0); `no interval` when
-    there is none (one seed and no predictions)."""
-    if c["half"] == 0.0:
+    """`A better`, `B better` or `undecided` (the interval holds 0); `same` when every draw
+    and seed scored both alike (a zero difference with a zero interval); `no interval` when
+    there is none (one seed each and no predictions)."""
+    if c["clips"] is None and c["seeds"] == 0.0:
         return "no interval"
+    if c["half"] == 0.0 and c["difference"] == 0.0:
+        return "same"
     if c["difference"] - c["half"] > 0:
         return f"{better} better"
     if c["difference"] + c["half"] < 0:
