@@ -79,6 +79,10 @@ BLOCK_TIMEOUT_S = 300
 SKIP_LINES = {
     "bash launch/test.sh": "the test suite itself (CI runs it); run from the doc test it would "
     "run the doc test again",
+    "python -m matpac_jax.tools.accelerator_check --out runs/accel_tiny --tiny": "tests/"
+    "test_tools_accelerator_check.py runs this command (plus --cache_dir, --mem_fraction) from "
+    "another folder and checks its "
+    "report (a minute of compiles, not twice)",
 }
 
 
