@@ -112,6 +112,12 @@ def test_the_verdict_is_paired_over_the_test_clips(tmp_path, capsys):
         entries[2], paired.load_predictions(reports[2], entries[2]),
     )  # fmt: skip
     assert abs(c["difference"] - 8 / 300) < 1e-12 and paired.verdict(c) == "undecided"
+    # Initial weights probed on other test clips: refused in one line, not compared.
+    shifted = dict(np.load(tmp_path / "init" / "predictions_pitch.npz"))
+    shifted["rows"] = shifted["rows"] + 1
+    np.savez(tmp_path / "init" / "predictions_pitch.npz", **shifted)
+    assert agreement.main([str(tmp_path / "run"), "--reports", *reports]) == 2
+    assert "did not score the same test clips" in capsys.readouterr().err
 
 
 def test_ranking_ties_keep_the_roles_order():

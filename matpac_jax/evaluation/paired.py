@@ -254,6 +254,30 @@ def compare(
     return out
 
 
+def compare_reports(
+    path_a: str, report_a: dict, path_b: str, report_b: dict, *, resamples: int = RESAMPLES
+) -> dict[str, tuple[dict, dict, dict]]:
+    """{task: (entry A, entry B, `compare`'s result)} for the tasks both reports hold, in A's
+    order; each with its stored predictions (`path_*`: the report's folder or report.json).
+
+    Raises:
+      cli.UserError: a task's reports scored different test clips, or a predictions file that
+        the report names cannot be read.
+    """
+    by_task = {e["task"]: e for e in report_b["tasks"]}
+    out = {}
+    for a in report_a["tasks"]:
+        b = by_task.get(a["task"])
+        if b is None:
+            continue
+        pred_a, pred_b = load_predictions(path_a, a), load_predictions(path_b, b)
+        try:
+            out[a["task"]] = (a, b, compare(a, pred_a, b, pred_b, resamples=resamples))
+        except ValueError as e:
+            raise cli.UserError(str(e)) from e
+    return out
+
+
 def verdict(c: dict, better: str = "A", worse: str = "B") -> str:
     """`A better`, `B better` or `undecided` (the interval holds 0); `same` when every draw
     and seed scored both alike (a zero difference with a zero interval); `no interval` when

@@ -309,22 +309,17 @@ def _compare_main(argv: list[str]) -> int:
         raise cli.UserError(f"--resamples {args.resamples}: must be at least 2")
     reports = [probe_report.load_report(r) for r in args.reports]
     names = args.names or [r["encoder"] for r in reports]
-    by_task = [{e["task"]: e for e in r["tasks"]} for r in reports]
-    shared = [t for t in by_task[0] if t in by_task[1]]
-    if not shared:
+    compared = paired.compare_reports(
+        args.reports[0], reports[0], args.reports[1], reports[1], resamples=args.resamples
+    )
+    if not compared:
         raise cli.UserError(f"{args.reports[0]} and {args.reports[1]} share no task")
     lines = [
         f"| task | {names[0]} | {names[1]} | difference | test clips | seeds | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     unpaired = False
-    for task in shared:
-        a, b = by_task[0][task], by_task[1][task]
-        pred = [paired.load_predictions(r, e) for r, e in zip(args.reports, (a, b))]
-        try:
-            c = paired.compare(a, pred[0], b, pred[1], resamples=args.resamples)
-        except ValueError as e:
-            raise cli.UserError(str(e)) from e
+    for task, (a, b, c) in compared.items():
         unpaired |= c["clips"] is None
         clips = "–" if c["clips"] is None else f"± {100 * c['clips']:.1f} ({c['n_test']:,})"
         lines.append(

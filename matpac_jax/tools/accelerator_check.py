@@ -62,7 +62,7 @@ import platform
 import sys
 import time
 
-from matpac_jax import cli  # no jax import: the environment is set before JAX starts
+from matpac_jax import cli, storage  # no jax import: the environment is set before JAX starts
 
 PROG = "python -m matpac_jax.tools.accelerator_check"
 # The repository's configs, wherever the command runs from.
@@ -558,14 +558,9 @@ class Report:
 
     def save(self) -> None:
         self.data["elapsed_s"] = round(self.elapsed(), 1)
-        for name, text in (
-            ("report.json", json.dumps(self.data, indent=1)),
-            ("report.md", render(self.data)),
-        ):
-            tmp = os.path.join(self.out, f".{name}.tmp")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(self.out, name))
+        # Readers (and a run cut off mid-write) see the old file or the new one, never half.
+        storage.write_text(os.path.join(self.out, "report.json"), json.dumps(self.data, indent=1))
+        storage.write_text(os.path.join(self.out, "report.md"), render(self.data))
 
 
 def render(report: dict) -> str:

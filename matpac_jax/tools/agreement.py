@@ -76,15 +76,11 @@ def table_entries(reports: list[dict]) -> dict[str, dict[str, dict]]:
     return {t: {role: b[t] for role, b in zip(ROLES, by_role)} for t in tasks}
 
 
-def decisions(table: dict, pretrained: str, init: str) -> list[str]:
-    """The pretrained-vs-initial-weights line (module docstring); `pretrained`, `init`: the
-    two reports' paths, for their predictions."""
+def decisions(compared: dict) -> list[str]:
+    """The pretrained-vs-initial-weights line (module docstring), from
+    `paired.compare_reports` of the two reports."""
     decided, with_clips, seeds_only = [], None, []
-    for task, roles in table.items():
-        pre, ini = roles["pretrained"], roles["init"]
-        c = paired.compare(
-            pre, paired.load_predictions(pretrained, pre), ini, paired.load_predictions(init, ini)
-        )
+    for task, (_, _, c) in compared.items():
         if c["clips"] is None:
             seeds_only.append(task)
         else:
@@ -105,9 +101,9 @@ def decisions(table: dict, pretrained: str, init: str) -> list[str]:
     ]
 
 
-def agreement_lines(curves: dict, table: dict, paths: list[str]) -> list[str]:
+def agreement_lines(curves: dict, table: dict, compared: dict) -> list[str]:
     """The per-task lines and the verdicts (module docstring); `table`: `table_entries`,
-    `paths`: the three reports' paths (their predictions), in ROLES order."""
+    `compared`: `paired.compare_reports` of the pretrained and initial-weights reports."""
     lines = []
     for protocol, tasks in sorted(curves.items()):
         shared = [t for t in tasks if t in table]
@@ -127,7 +123,7 @@ def agreement_lines(curves: dict, table: dict, paths: list[str]) -> list[str]:
             f"agreement ({protocol}, step {step}): the curves and the table rank the encoders "
             f"alike on {sum(agree)} of {len(shared)} tasks"
         )
-    return lines + decisions(table, paths[0], paths[1])
+    return lines + decisions({t: c for t, c in compared.items() if t in table})
 
 
 def agreement(workdir: str, report_paths: list[str]) -> list[str]:
@@ -146,10 +142,8 @@ def agreement(workdir: str, report_paths: list[str]) -> list[str]:
             f"workdir {workdir}: no evaluation with baselines (run it with --config.evals, "
             f"which writes {evaluators.BASELINES})"
         )
-    try:
-        return agreement_lines(curves, table_entries(reports), report_paths)
-    except ValueError as e:  # the reports scored different test clips
-        raise cli.UserError(str(e)) from e
+    compared = paired.compare_reports(report_paths[0], reports[0], report_paths[1], reports[1])
+    return agreement_lines(curves, table_entries(reports), compared)
 
 
 def _main(argv) -> int:
